@@ -1,0 +1,39 @@
+"""rlx: post-training for LLMs, GRPO first. The public facade.
+
+Plugins implement hooks with `@rlx.hookimpl`; components satisfy the protocols in `rlx.interfaces`.
+"""
+
+from rlx.errors import ComponentError, ConfigError, PluginError, RlxError
+from rlx.interfaces import (
+    Completion,
+    Environment,
+    Generator,
+    ModelSpec,
+    Problem,
+    SamplingParams,
+    Score,
+    TokenBatch,
+    Trainer,
+    TrainBatch,
+)
+from rlx.plugins import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Completion",
+    "ComponentError",
+    "ConfigError",
+    "Environment",
+    "Generator",
+    "ModelSpec",
+    "PluginError",
+    "Problem",
+    "RlxError",
+    "SamplingParams",
+    "Score",
+    "TokenBatch",
+    "TrainBatch",
+    "Trainer",
+    "hookimpl",
+]

@@ -1,0 +1,32 @@
+"""Config models of the builtin components (pydantic only: importing this is cheap)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class HFGeneratorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(64, gt=0, description="sequences generated together (prompts x n)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class FSDPTrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up (optimizer steps), then constant")
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, gt=0, description="sequences per forward/backward")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    activation_checkpointing: bool = False
+    reshard_after_forward: bool = True

@@ -1,0 +1,30 @@
+"""The builtin components (`hf` generator, `fsdp` trainer), registered through the same hooks as plugins.
+
+Cheap to import: only pydantic Config models; the implementations load when selected.
+"""
+
+from __future__ import annotations
+
+from rlx.builtin.configs import FSDPTrainerConfig, HFGeneratorConfig
+from rlx.plugins import hookimpl
+from rlx.registry import ComponentRegistry
+
+
+@hookimpl
+def register_generators(registry: ComponentRegistry) -> None:
+    registry.add(
+        "hf",
+        config=HFGeneratorConfig,
+        factory="rlx.builtin.hf_generator:HFGenerator",
+        description="transformers generate(), batched sampling with per-token logprobs",
+    )
+
+
+@hookimpl
+def register_trainers(registry: ComponentRegistry) -> None:
+    registry.add(
+        "fsdp",
+        config=FSDPTrainerConfig,
+        factory="rlx.builtin.fsdp_trainer:FSDPTrainer",
+        description="PyTorch FSDP2 (fully_shard) over torch.distributed; gloo on CPU, NCCL on GPU",
+    )

@@ -1,0 +1,257 @@
+"""Run configuration: pydantic models (extra="forbid"), YAML recipes with `defaults:` inheritance, dotted
+command-line overrides, and validation of each component's section against that component's own Config.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlx.errors import ConfigError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """The policy model: a local HF folder or a hub id. `builtin:tiny` is the embedded CPU model."""
+
+    path: str = "builtin:tiny"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tokenizer: str | None = None
+    trust_remote_code: bool = False
+    max_seq_len: int = Field(1024, gt=0, description="prompt + completion tokens")
+
+
+class ComponentSection(BaseModel):
+    """`name` picks the component; every other key is checked against that component's own Config."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class GRPOConfig(Strict):
+    """The GRPO algorithm. Defaults follow DeepSeekMath/DeepScaleR."""
+
+    prompts_per_step: int = Field(128, gt=0)
+    num_generations: int = Field(8, gt=0, description="G: completions per prompt")
+    mini_batch_size: int = Field(64, gt=0, description="sequences per optimizer step")
+    epochs_per_step: int = Field(1, gt=0, description="passes over the step's rollouts")
+    baseline: Literal["mean", "leave_one_out"] = "mean"
+    normalize_std: bool = True
+    loss_agg: str = Field("token", description="a registered loss aggregation: token | sequence")
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0)
+    dual_clip: float | None = Field(None, gt=1.0, description="dual-clip constant c > 1 (None = off)")
+    kl_coef: float = Field(0.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = -1
+    max_new_tokens: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOConfig:
+        total = self.prompts_per_step * self.num_generations
+        if total % self.mini_batch_size:
+            raise ValueError(
+                f"mini_batch_size ({self.mini_batch_size}) must divide prompts_per_step x num_generations ({total})"
+            )
+        from rlx.grpo.losses import LOSS_AGGREGATIONS
+
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(
+                f"loss_agg '{self.loss_agg}' is not one of {sorted(LOSS_AGGREGATIONS)}"
+                + did_you_mean(self.loss_agg, LOSS_AGGREGATIONS)
+            )
+        return self
+
+
+class ValidationConfig(Strict):
+    period: int = Field(0, ge=0, description="validate every N steps (0 = never; also at the end if > 0)")
+    samples_per_problem: int = Field(1, gt=0, description="k for avg@k / pass@k")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_problems: int | None = Field(None, gt=0)
+    max_new_tokens: int | None = Field(None, gt=0, description="default: grpo.max_new_tokens")
+
+
+class CheckpointConfig(Strict):
+    period: int = Field(0, ge=0, description="save every N steps (0 = only at the end)")
+    keep_best: int = Field(1, ge=0, description="best checkpoints kept by `metric`, besides the latest")
+    metric: str = "val/accuracy"
+    mode: Literal["max", "min"] = "max"
+    resume: bool = Field(True, description="continue from the latest checkpoint in output_dir if there is one")
+    export_hf: bool = Field(True, description="export the final policy as a Hugging Face folder")
+
+
+class LoggingConfig(Strict):
+    tensorboard: bool = True
+    wandb_project: str | None = None
+    progress: bool = True
+
+
+class ClusterConfig(Strict):
+    kind: Literal["local", "ray"] = "local"
+    trainer_workers: int = Field(1, gt=0, description="trainer processes (one torch.distributed rank each)")
+    generator_replicas: int = Field(1, gt=0)
+    address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS or a new local Ray")
+    placement: Literal["colocated", "separate"] = "colocated"
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, ge=0)
+    timeout_s: float = Field(1800.0, gt=0, description="a remote call taking longer fails the run")
+
+
+class RunConfig(Strict):
+    name: str = "rlx"
+    output_dir: str = "runs/default"
+    seed: int = 0
+    steps: int = Field(60, gt=0, description="GRPO steps")
+    model: ModelConfig = ModelConfig()
+    generator: ComponentSection = ComponentSection(name="hf")
+    trainer: ComponentSection = ComponentSection(name="fsdp")
+    env: ComponentSection = ComponentSection(name="math")
+    grpo: GRPOConfig = GRPOConfig()
+    validation: ValidationConfig = ValidationConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a recipe; `defaults: [a.yaml, b.yaml]` (paths relative to the file) are merged first, in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _seen:
+        raise ConfigError(f"config defaults form a cycle: {' -> '.join(str(p) for p in (*_seen, resolved))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    defaults = data.pop("defaults", []) or []
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    merged: dict[str, Any] = {}
+    for parent in defaults:
+        merged = _merge(merged, load_yaml(path.parent / parent, (*_seen, resolved)))
+    return _merge(merged, data)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """`a.b.c=value`: value is parsed as YAML (numbers, booleans, lists, null)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r} must look like key.sub=value (e.g. grpo.num_generations=16)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None or isinstance(child, str) and part in ("generator", "trainer", "env"):
+            child = {"name": child} if isinstance(child, str) else {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: '{part}' is a value ({child!r}), not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _normalise_sections(data: dict[str, Any]) -> None:
+    for kind in ("generator", "trainer", "env"):
+        if isinstance(data.get(kind), str):
+            data[kind] = {"name": data[kind]}
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        full = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(config)"
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, err["loc"][:-1])
+            allowed = sorted(parent.model_fields) if parent else []
+            hint = did_you_mean(str(err["loc"][-1]), allowed)
+            lines.append(f"unknown config key '{full}'.{hint} Allowed here: {', '.join(allowed)}")
+        else:
+            shown = err.get("input")
+            shown = "" if isinstance(shown, dict) else f" (got {shown!r})"
+            lines.append(f"config key '{full}': {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        current = field.annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def build_config(
+    config_path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    generator: str | None = None,
+    trainer: str | None = None,
+    env: str | None = None,
+) -> RunConfig:
+    """Recipe file (or the defaults) + component choices + dotted overrides -> a validated RunConfig."""
+    data = load_yaml(config_path) if config_path else {}
+    _normalise_sections(data)
+    for kind, choice in (("generator", generator), ("trainer", trainer), ("env", env)):
+        if choice:
+            section = data.setdefault(kind, {})
+            if section.get("name") not in (None, choice):
+                # the recipe's options were written for another component: keep only the name change
+                # when no option is set, else let validation name the options that do not fit
+                pass
+            section["name"] = choice
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, RunConfig)) from exc
+
+
+def component_config(section: ComponentSection, config_model: type[BaseModel], kind: str) -> BaseModel:
+    """Validate a component's section against that component's own Config model."""
+    try:
+        return config_model.model_validate(section.options())
+    except ValidationError as exc:
+        msg = format_validation_error(exc, config_model, prefix=f"{kind}.")
+        raise ConfigError(f"{msg}\n(options of {kind} '{section.name}': {', '.join(config_model.model_fields) or 'none'})") from exc
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

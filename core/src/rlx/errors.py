@@ -1,0 +1,27 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits non-zero."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class RlxError(Exception):
+    """Base class: bad input or environment, explained in the message."""
+
+
+class ConfigError(RlxError):
+    """A config file, key or value is wrong."""
+
+
+class PluginError(RlxError):
+    """A plugin is invalid (unknown hook, clashing component name, bad registration)."""
+
+
+class ComponentError(RlxError):
+    """A component cannot be selected or built (unknown name, missing engine, broken plugin)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

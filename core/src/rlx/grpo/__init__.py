@@ -1,0 +1,1 @@
+"""Pure GRPO algorithm code over tensors: advantages, losses, KL, metrics. No I/O, no Ray."""

@@ -1,0 +1,245 @@
+"""The three component contracts (Generator, Trainer, Environment) and the small frozen types they exchange.
+
+Importing this module never imports torch-heavy code or any engine: tensors are type-only here.
+Shapes: B = sequences in a batch, T = padded sequence length (prompt + completion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+FinishReason = Literal["stop", "length"]
+Split = Literal["train", "validation"]
+
+
+# --------------------------------------------------------------------------------------------- generator
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `top_k <= 0` and `top_p == 1.0` mean "disabled".
+
+    `stop_token_ids` end a completion (the stop token is kept as the last completion token,
+    finish_reason "stop"); the model's EOS token(s) always stop, whatever this holds.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation of one prompt.
+
+    `logprobs[i]` is log p(token_ids[i] | prompt, token_ids[:i]) under softmax(logits / temperature), i.e.
+    after temperature and before top-k/top-p filtering: the same quantity the trainer computes, so the two
+    can be compared token by token (the train-vs-generator mismatch metric).
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: FinishReason
+
+
+NamedTensors = Iterable[tuple[str, "torch.Tensor"]]
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Samples completions for token-id prompts and follows the trainer's weights."""
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        """Return, for each prompt in order, exactly `params.n` completions."""
+        ...
+
+    def update_weights(self, weights: NamedTensors) -> None:
+        """Load new policy weights in place (HF parameter names, full unsharded tensors).
+
+        `weights` is an iterator: consume it once, in bounded-size buckets, never holding a second
+        full copy of the model. After this returns, `generate` samples from the new weights.
+        """
+        ...
+
+    def sleep(self) -> None:
+        """Release accelerator memory (weights and KV cache) while the trainer trains; no-op where none."""
+        ...
+
+    def wake_up(self) -> None:
+        """Reclaim what `sleep` released (weights first, then KV cache)."""
+        ...
+
+    def close(self) -> None:
+        """Free everything; the generator is not used afterwards."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- trainer
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded token sequences (prompt followed by completion).
+
+    input_ids:       (B, T) int64
+    attention_mask:  (B, T) int64/bool, 1 on real tokens (prompt and completion)
+    completion_mask: (B, T) bool, 1 on completion tokens, the positions whose log-probabilities matter
+    Log-probabilities returned for such a batch are aligned to `input_ids`: out[b, t] =
+    log p(input_ids[b, t] | input_ids[b, :t]); positions outside `completion_mask` are 0.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class TrainBatch(TokenBatch):
+    """A TokenBatch with everything the GRPO loss needs.
+
+    old_logprobs:  (B, T) float32, pi_old per-token log-probabilities (from the trainer, before the update)
+    advantages:    (B,)   float32, one advantage per sequence
+    loss_weights:  (B, T) float32, how much each token's loss counts. They already carry the global
+                   normalisation (e.g. 1 / number of valid tokens in the whole mini-batch), so a trainer
+                   computes sum(per_token_loss * loss_weights) on any shard or micro-batch and SUMS
+                   gradients over micro-batches and ranks: the update is exact for any split.
+    ref_logprobs:  (B, T) float32 or None, reference policy log-probabilities (only when the KL term is on)
+    generator_logprobs: (B, T) float32 or None, the generator's log-probabilities (for metrics only)
+    """
+
+    old_logprobs: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    loss_weights: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    generator_logprobs: torch.Tensor | None = None
+
+
+PolicyLossFn = Callable[["torch.Tensor", TrainBatch], tuple["torch.Tensor", dict[str, "torch.Tensor"]]]
+"""(new_logprobs (B, T), batch) -> (loss: scalar = sum(per_token_loss * loss_weights), metrics).
+
+Metric tensors are *sums over tokens weighted by loss_weights* (so they add up exactly across
+micro-batches and ranks like the loss). Must be picklable (a module-level function or a
+functools.partial of one) so it can travel to trainer worker processes.
+"""
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Owns the policy being trained: log-probabilities, optimizer steps, weights out, checkpoints."""
+
+    def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
+        """(B, T) float32 per-token log-probabilities of `batch` under the current (or the frozen
+        reference) policy, computed on logits / temperature. Never materialises more than one
+        micro-batch of logits."""
+        ...
+
+    def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn) -> dict[str, float]:
+        """One optimizer step on `batch` (micro-batched inside). Returns metrics, incl. grad_norm and lr."""
+        ...
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stream the current policy weights, one full (unsharded) tensor at a time, HF parameter names."""
+        ...
+
+    def save_checkpoint(self, path: str) -> None:
+        """Write model, optimizer and LR schedule state under `path` (a directory)."""
+        ...
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore what `save_checkpoint` wrote."""
+        ...
+
+    def export_hf(self, path: str) -> None:
+        """Write a Hugging Face model folder (safetensors + config + tokenizer + generation config)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+# --------------------------------------------------------------------------------------------- environment
+
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One task instance. `messages` are chat messages; the core applies the model's chat template."""
+
+    id: str
+    messages: tuple[Message, ...]
+    answer: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+ScoreStatus = Literal["correct", "wrong", "no_answer", "timeout", "error"]
+
+
+@dataclass(frozen=True)
+class Score:
+    """The reward for one completion, and why it is what it is.
+
+    status: "correct"/"wrong" (graded), "no_answer" (nothing to grade was found), "timeout" or "error"
+    (grading itself failed: counted and reported, never raised).
+    """
+
+    reward: float
+    status: ScoreStatus
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """Provides problems and scores completions. Pure Python; never raises on bad model output."""
+
+    def problems(self, split: Split) -> Sequence[Problem]:
+        """The train or validation problems (validation may be empty)."""
+        ...
+
+    def score(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[Score]:
+        """Score completions[i] (decoded text, special tokens removed) as an answer to problems[i]."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a run trains: a local folder or a hub id, loaded with transformers."""
+
+    path: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tokenizer: str | None = None
+    trust_remote_code: bool = False
+    max_seq_len: int = 1024
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.path
+
+
+ComponentKind = Literal["generator", "trainer", "environment"]
+KINDS: tuple[ComponentKind, ...] = ("generator", "trainer", "environment")
+
+# Factory signatures, by kind (the factory is named by an import string "module:attr"):
+#   generator:   factory(config, *, model: ModelSpec, seed: int) -> Generator
+#   trainer:     factory(config, *, model: ModelSpec, seed: int, with_reference: bool) -> Trainer
+#                (called in every trainer process; torch.distributed may already be initialised by the
+#                cluster layer, with one rank per process)
+#   environment: factory(config, *, seed: int) -> Environment
