@@ -115,15 +115,15 @@ class RunConfig(Strict):
     output_dir: str = "runs/default"
     seed: int = 0
     steps: int = Field(60, gt=0, description="GRPO steps")
-    model: ModelConfig = ModelConfig()
-    generator: ComponentSection = ComponentSection(name="hf")
-    trainer: ComponentSection = ComponentSection(name="fsdp")
-    env: ComponentSection = ComponentSection(name="math")
-    grpo: GRPOConfig = GRPOConfig()
-    validation: ValidationConfig = ValidationConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    logging: LoggingConfig = LoggingConfig()
-    cluster: ClusterConfig = ClusterConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    generator: ComponentSection = Field(default_factory=lambda: ComponentSection(name="hf"))
+    trainer: ComponentSection = Field(default_factory=lambda: ComponentSection(name="fsdp"))
+    env: ComponentSection = Field(default_factory=lambda: ComponentSection(name="math"))
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -230,12 +230,9 @@ def build_config(
     _normalise_sections(data)
     for kind, choice in (("generator", generator), ("trainer", trainer), ("env", env)):
         if choice:
-            section = data.setdefault(kind, {})
-            if section.get("name") not in (None, choice):
-                # the recipe's options were written for another component: keep only the name change
-                # when no option is set, else let validation name the options that do not fit
-                pass
-            section["name"] = choice
+            # a recipe's options for another component are not dropped silently: validation against the
+            # chosen component's Config names any option that does not fit it
+            data.setdefault(kind, {})["name"] = choice
     for override in overrides:
         apply_override(data, override)
     try:

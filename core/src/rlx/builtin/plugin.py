@@ -28,3 +28,10 @@ def register_trainers(registry: ComponentRegistry) -> None:
         factory="rlx.builtin.fsdp_trainer:FSDPTrainer",
         description="PyTorch FSDP2 (fully_shard) over torch.distributed; gloo on CPU, NCCL on GPU",
     )
+
+
+@hookimpl
+def register_commands(app) -> None:  # noqa: ANN001 - typer.Typer, imported lazily by the CLI
+    from rlx.builtin.commands import add_commands
+
+    add_commands(app)

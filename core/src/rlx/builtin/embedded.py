@@ -1,0 +1,196 @@
+"""The embedded default model (`model.path: builtin:tiny`): a tiny Qwen2-shaped model built on this machine,
+with a tokenizer trained on the environment's own problems and a short supervised warm-up on the
+environment's reference solutions, cached on disk after the first build.
+
+Why a warm-up: like DeepScaleR, which starts RL from a distilled model that already solves some problems,
+GRPO needs a nonzero reward to start from. The warm-up stops as soon as sampled accuracy reaches
+`target_accuracy` (low on purpose), so the rise after that is GRPO's doing. The run prints both numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlx.errors import ConfigError
+from rlx.interfaces import Environment, Problem
+
+BUILTIN_MODELS = ("tiny",)
+WARMUP_VERSION = "1"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RLX_CACHE") or Path.home() / ".cache" / "rlx")
+
+
+def _chat_text(tokenizer: Any, problem: Problem, solution: str | None) -> str:
+    text = tokenizer.apply_chat_template(list(problem.messages), add_generation_prompt=True, tokenize=False)
+    return text + (solution + tokenizer.eos_token if solution is not None else "")
+
+
+def ensure_embedded_model(
+    name: str,
+    env: Environment,
+    *,
+    seed: int = 0,
+    console: Any = None,
+    target_accuracy: float = 0.25,
+    max_warmup_steps: int = 400,
+) -> Path:
+    """The folder of builtin model `name`, built (and warmed up on `env`) on first use, then reused."""
+    if name not in BUILTIN_MODELS:
+        raise ConfigError(f"unknown builtin model 'builtin:{name}'. Available: {', '.join('builtin:' + m for m in BUILTIN_MODELS)}")
+    problems = [p for p in env.problems("train") if p.metadata.get("solution")]
+    if not problems:
+        raise ConfigError(
+            "model.path builtin:tiny needs an environment whose training problems carry metadata['solution'] "
+            "(a reference completion for the warm-up), e.g. --env math with its default toy task"
+        )
+    from rlx.builtin.tiny import TINY_VERSION
+
+    fingerprint = json.dumps(
+        [TINY_VERSION, WARMUP_VERSION, seed, target_accuracy, [(p.messages, p.metadata["solution"]) for p in problems[:256]]],
+        sort_keys=True,
+    )
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    target = cache_root() / f"embedded-tiny-{key}"
+    if (target / "warmup.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".embedded-", dir=target.parent))
+    try:
+        _say(console, f"building the embedded tiny model (first run only; cached in {target}) ...")
+        report = build_and_warm_up(staging, env, problems, seed=seed, target_accuracy=target_accuracy,
+                                   max_steps=max_warmup_steps, console=console)
+        (staging / "warmup.json").write_text(json.dumps(report, indent=2))
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "warmup.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_and_warm_up(
+    out_dir: Path,
+    env: Environment,
+    problems: Sequence[Problem],
+    *,
+    seed: int,
+    target_accuracy: float,
+    max_steps: int,
+    console: Any = None,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    eval_every: int = 10,
+) -> dict[str, Any]:
+    """Tokenizer + random tiny Qwen2, then SFT on reference solutions until sampled accuracy >= target."""
+    from transformers import AutoModelForCausalLM
+
+    from rlx.builtin.tiny import build_tiny_qwen2, build_tokenizer
+
+    rng = random.Random(seed)
+    # the tokenizer learns the environment's vocabulary: chat-formatted prompts with their solutions
+    from rlx.builtin.tiny import CHAT_TEMPLATE
+
+    probe = _TemplateOnly(CHAT_TEMPLATE)
+    corpus = [_chat_text(probe, p, p.metadata["solution"]) for p in problems[:2000]]
+    tokenizer = build_tokenizer(corpus, vocab_size=384)
+    build_tiny_qwen2(out_dir, tokenizer, hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
+                     intermediate_size=384, max_position_embeddings=512, seed=seed)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+
+    held_out = list(problems[-64:])
+    train = list(problems[:-64]) or list(problems)
+    pad_id = tokenizer.pad_token_id
+    history = []
+    accuracy = _sampled_accuracy(model, tokenizer, env, held_out, seed)
+    history.append({"step": 0, "accuracy": accuracy})
+    t0 = time.time()
+    step = 0
+    while accuracy < target_accuracy and step < max_steps:
+        batch = rng.sample(train, min(batch_size, len(train)))
+        input_ids, labels = _sft_batch(tokenizer, batch, pad_id)
+        loss = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long(), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % eval_every == 0:
+            model.eval()
+            accuracy = _sampled_accuracy(model, tokenizer, env, held_out, seed + step)
+            model.train()
+            history.append({"step": step, "accuracy": accuracy, "loss": float(loss)})
+            _say(console, f"  warm-up step {step}: loss {float(loss):.3f}, sampled accuracy {accuracy:.3f}")
+    model.eval()
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    report = {"warmup_steps": step, "sampled_accuracy": accuracy, "target_accuracy": target_accuracy,
+              "seconds": time.time() - t0, "history": history}
+    _say(console, f"embedded model ready: {step} warm-up steps, sampled accuracy {accuracy:.3f}")
+    return report
+
+
+class _TemplateOnly:
+    """Renders the chat template without a tokenizer (the tokenizer is trained on the rendered text)."""
+
+    eos_token = "<|im_end|>"
+
+    def __init__(self, template: str) -> None:
+        import jinja2
+
+        self._t = jinja2.Environment().from_string(template)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool, tokenize: bool) -> str:
+        return self._t.render(messages=messages, add_generation_prompt=add_generation_prompt)
+
+
+def _sft_batch(tokenizer: Any, problems: Sequence[Problem], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) input ids right-padded, and labels with -100 on prompt and padding (loss on the solution only)."""
+    rows, label_rows = [], []
+    for p in problems:
+        prompt = tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=True, return_dict=False)
+        answer = tokenizer(p.metadata["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(list(prompt) + answer)
+        label_rows.append([-100] * len(prompt) + answer)
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), -100, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, label_rows, strict=True)):
+        ids[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(lab)] = torch.tensor(lab)
+    return ids, labels
+
+
+@torch.no_grad()
+def _sampled_accuracy(model: Any, tokenizer: Any, env: Environment, problems: Sequence[Problem], seed: int) -> float:
+    """Mean reward of one temperature-1 sample per problem (what GRPO's first step will see)."""
+    tokenizer.padding_side = "left"
+    prompts = [tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=False) for p in problems]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=24,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    scores = env.score(list(problems), texts)
+    return sum(s.reward for s in scores) / len(scores)
+
+
+def _say(console: Any, message: str) -> None:
+    if console is not None:
+        console.print(message)

@@ -1,0 +1,133 @@
+"""Run checkpoints: `<output_dir>/checkpoints/step_<N>/` holding the trainer's sharded state (DCP), the run
+state (step, data position, RNG states, metrics) and the resolved config.
+
+A checkpoint is written under a temporary name and renamed when complete, so a kill at any moment leaves
+the previous checkpoints intact; an incomplete folder is never loaded and is cleaned up on the next save.
+The latest checkpoint is always kept, plus the best `keep_best` by a chosen metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlx.interfaces import Trainer
+
+COMPLETE_MARKER = "COMPLETE"
+RUN_STATE = "run_state.json"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path
+    metrics: dict[str, float]
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state().tolist()}
+    try:
+        import numpy as np
+
+        s = np.random.get_state()
+        state["numpy"] = [s[0], s[1].tolist(), s[2], s[3], s[4]]
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "numpy" in state:
+        import numpy as np
+
+        s = state["numpy"]
+        np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))
+
+
+class CheckpointManager:
+    def __init__(self, root: str | Path, *, keep_best: int = 1, metric: str = "val/accuracy", mode: str = "max") -> None:
+        self.root = Path(root)
+        self.keep_best = keep_best
+        self.metric = metric
+        self.mode = mode
+
+    def list(self) -> list[CheckpointInfo]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for child in self.root.iterdir():
+            if child.name.startswith("step_") and (child / COMPLETE_MARKER).is_file():
+                state = json.loads((child / RUN_STATE).read_text())
+                out.append(CheckpointInfo(int(state["step"]), child, state.get("metrics", {})))
+        return sorted(out, key=lambda c: c.step)
+
+    def latest(self) -> CheckpointInfo | None:
+        found = self.list()
+        return found[-1] if found else None
+
+    def best(self) -> CheckpointInfo | None:
+        scored = [c for c in self.list() if self.metric in c.metrics]
+        if not scored:
+            return None
+        key = (lambda c: c.metrics[self.metric]) if self.mode == "max" else (lambda c: -c.metrics[self.metric])
+        return max(scored, key=key)
+
+    def save(self, step: int, trainer: Trainer, run_state: dict[str, Any], config_yaml: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob("*.tmp"):  # left by a run killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f"step_{step:08d}.tmp"
+        tmp.mkdir()
+        trainer.save_checkpoint(str(tmp / "trainer"))
+        state = {"step": step, "rng": rng_state(), **run_state}
+        (tmp / RUN_STATE).write_text(json.dumps(state))
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. at the end of a resumed run)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.root)
+        self._prune()
+        return final
+
+    def load(self, info: CheckpointInfo, trainer: Trainer) -> dict[str, Any]:
+        trainer.load_checkpoint(str(info.path / "trainer"))
+        state = json.loads((info.path / RUN_STATE).read_text())
+        set_rng_state(state["rng"])
+        return state
+
+    def _prune(self) -> None:
+        found = self.list()
+        if not found:
+            return
+        keep = {found[-1].path}
+        scored = [c for c in found if self.metric in c.metrics]
+        scored.sort(key=lambda c: c.metrics[self.metric], reverse=self.mode == "max")
+        keep.update(c.path for c in scored[: self.keep_best])
+        for c in found:
+            if c.path not in keep:
+                shutil.rmtree(c.path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,100 @@
+"""Per-step metrics: JSON lines and TensorBoard events in the run's folder (W&B when configured), and a
+progress line on the terminal with the headline numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class MetricsLogger:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        progress: bool = True,
+        run_name: str = "rlx",
+        config: dict[str, Any] | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.dir / "metrics.jsonl"
+        self._jsonl = self.jsonl_path.open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
+        self._wandb = None
+        if wandb_project:
+            import wandb
+
+            self._wandb = wandb.init(project=wandb_project, name=run_name, config=config or {}, dir=str(self.dir))
+        self.console = console or Console()
+        self._progress = None
+        if progress:
+            self._progress = Progress(
+                TextColumn("[bold]GRPO[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[headline]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task("grpo", total=total_steps, completed=start_step, headline="")
+            self._progress.start()
+        self._t0 = time.time()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        record = {"step": step, "wall_time": time.time() - self._t0, **clean}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+        if self._progress is not None:
+            parts = []
+            if "reward/mean" in clean:
+                parts.append(f"reward {clean['reward/mean']:.3f}")
+            if "val/accuracy" in clean:
+                parts.append(f"val {clean['val/accuracy']:.3f}")
+            if "time/step" in clean:
+                parts.append(f"{clean['time/step']:.1f}s/step")
+            if parts:
+                self._progress.update(self._task, headline=" | ".join(parts))
+            if "time/step" in clean:
+                self._progress.update(self._task, completed=step)
+
+    def print(self, message: str) -> None:
+        self.console.print(message)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

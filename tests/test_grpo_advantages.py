@@ -1,0 +1,92 @@
+"""group_advantages against hand-computed values: mean and leave-one-out baselines, with and without std."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlx.grpo.advantages import group_advantages
+
+
+def adv(rows, **kw):
+    return group_advantages(torch.tensor(rows, dtype=torch.float32), **kw)
+
+
+def close(got: torch.Tensor, expected, tol: float = 1e-6) -> None:
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=got.dtype), atol=tol, rtol=0)
+
+
+def test_mean_baseline_without_std():
+    # means 0.5 and 3
+    close(adv([[1, 0, 0, 1], [1, 2, 3, 6]], baseline="mean", normalize_std=False), [[0.5, -0.5, -0.5, 0.5], [-2, -1, 0, 3]])
+
+
+def test_mean_baseline_with_unbiased_std():
+    # [1,0,0,1]: squared deviations 4 x 0.25 = 1, unbiased var 1/3, std 0.57735..., 0.5 / 0.57735 = 0.8660254
+    # [1,2,3,6]: squared deviations 4+1+0+9 = 14, var 14/3, std 2.1602469
+    s = 2.1602468994692865
+    expected = [[0.8660254, -0.8660254, -0.8660254, 0.8660254], [-2 / s, -1 / s, 0.0, 3 / s]]
+    close(adv([[1, 0, 0, 1], [1, 2, 3, 6]], baseline="mean", normalize_std=True, eps=0.0), expected)
+
+
+def test_eps_is_added_to_std():
+    # std of [0, 2] is sqrt(2) (unbiased), deviations -1, +1
+    got = adv([[0, 2]], baseline="mean", normalize_std=True, eps=0.5)
+    close(got, [[-1 / (math.sqrt(2) + 0.5), 1 / (math.sqrt(2) + 0.5)]])
+
+
+def test_leave_one_out_without_std():
+    # [1,2,3,6], sum 12: baselines 11/3, 10/3, 3, 2
+    got = adv([[1, 2, 3, 6]], baseline="leave_one_out", normalize_std=False)
+    close(got, [[-8 / 3, -4 / 3, 0.0, 4.0]])
+
+
+def test_leave_one_out_with_leave_one_out_std():
+    # others of 1: [2,3,6], mean 11/3, squared deviations (25+4+49)/9, var /2 = 13/3
+    # others of 2: [1,3,6], mean 10/3, squared deviations (49+1+64)/9, var /2 = 19/3
+    # others of 3: [1,2,6], var 7 (advantage 0 anyway); others of 6: [1,2,3], var 1
+    expected = [[(-8 / 3) / math.sqrt(13 / 3), (-4 / 3) / math.sqrt(19 / 3), 0.0, 4.0]]
+    close(adv([[1, 2, 3, 6]], baseline="leave_one_out", normalize_std=True, eps=0.0), expected)
+
+
+def test_leave_one_out_zero_std_of_others_stays_unnormalised():
+    # [1,1,0]: for the 1s the others are [1,0] (mean 0.5, std sqrt(0.5)); for the 0 they are [1,1] (std 0):
+    # like NeMo-RL, that one is not divided by eps
+    got = adv([[1, 1, 0]], baseline="leave_one_out", normalize_std=True, eps=1e-6)
+    half = 0.5 / (math.sqrt(0.5) + 1e-6)
+    close(got, [[half, half, -1.0]])
+    # G=2: a single other reward has no std
+    close(adv([[1, 0]], baseline="leave_one_out", normalize_std=True), [[1.0, -1.0]])
+
+
+@pytest.mark.parametrize("baseline", ["mean", "leave_one_out"])
+@pytest.mark.parametrize("normalize_std", [False, True])
+def test_zero_variance_group_is_exactly_zero(baseline, normalize_std):
+    # 0.1 is not exact in binary: the mean of equal values can differ from them by rounding
+    rows = [[0.1, 0.1, 0.1], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.7, 0.7, 0.7]]
+    got = adv(rows, baseline=baseline, normalize_std=normalize_std)
+    assert torch.equal(got, torch.zeros(4, 3))
+    assert torch.equal(adv([[0.3], [5.0]], baseline=baseline, normalize_std=normalize_std), torch.zeros(2, 1))
+
+
+def test_mixed_groups_keep_rows_independent():
+    got = adv([[1, 1, 1, 1], [1, 0, 0, 1]], baseline="mean", normalize_std=True, eps=0.0)
+    close(got, [[0, 0, 0, 0], [0.8660254, -0.8660254, -0.8660254, 0.8660254]])
+
+
+def test_flat_input_with_group_size():
+    got = group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), baseline="mean", normalize_std=False, group_size=2)
+    assert got.shape == (4,)
+    close(got, [0.5, -0.5, 0.0, 0.0])
+    with pytest.raises(ValueError, match="group_size"):
+        group_advantages(torch.ones(5), group_size=2)
+
+
+def test_integer_rewards_give_float32_and_bad_baseline_is_named():
+    got = group_advantages(torch.tensor([[1, 0]]), baseline="mean", normalize_std=False)
+    assert got.dtype == torch.float32
+    close(got, [[0.5, -0.5]])
+    with pytest.raises(ValueError, match="leave_one_out"):
+        group_advantages(torch.ones(1, 2), baseline="median")  # type: ignore[arg-type]
