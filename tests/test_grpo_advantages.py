@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from rlx.grpo.advantages import group_advantages
 
 
@@ -20,7 +19,10 @@ def close(got: torch.Tensor, expected, tol: float = 1e-6) -> None:
 
 def test_mean_baseline_without_std():
     # means 0.5 and 3
-    close(adv([[1, 0, 0, 1], [1, 2, 3, 6]], baseline="mean", normalize_std=False), [[0.5, -0.5, -0.5, 0.5], [-2, -1, 0, 3]])
+    close(
+        adv([[1, 0, 0, 1], [1, 2, 3, 6]], baseline="mean", normalize_std=False),
+        [[0.5, -0.5, -0.5, 0.5], [-2, -1, 0, 3]],
+    )
 
 
 def test_mean_baseline_with_unbiased_std():

@@ -110,15 +110,18 @@ class ClusterConfig(Strict):
     timeout_s: float = Field(1800.0, gt=0, description="a remote call taking longer fails the run")
 
 
+DEFAULT_COMPONENTS = {"generator": "hf", "trainer": "fsdp", "env": "math"}
+
+
 class RunConfig(Strict):
     name: str = "rlx"
     output_dir: str = "runs/default"
     seed: int = 0
     steps: int = Field(60, gt=0, description="GRPO steps")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    generator: ComponentSection = Field(default_factory=lambda: ComponentSection(name="hf"))
-    trainer: ComponentSection = Field(default_factory=lambda: ComponentSection(name="fsdp"))
-    env: ComponentSection = Field(default_factory=lambda: ComponentSection(name="math"))
+    generator: ComponentSection = Field(default_factory=lambda: ComponentSection(name=DEFAULT_COMPONENTS["generator"]))
+    trainer: ComponentSection = Field(default_factory=lambda: ComponentSection(name=DEFAULT_COMPONENTS["trainer"]))
+    env: ComponentSection = Field(default_factory=lambda: ComponentSection(name=DEFAULT_COMPONENTS["env"]))
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -162,15 +165,28 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(merged, data)
 
 
+def parse_value(raw: str) -> Any:
+    """YAML scalars/lists, plus floats YAML 1.1 reads as strings (`1e-6`)."""
+    if raw == "":
+        return ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """`a.b.c=value`: value is parsed as YAML (numbers, booleans, lists, null)."""
     key, sep, raw = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {override!r} must look like key.sub=value (e.g. grpo.num_generations=16)")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw)
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -185,9 +201,12 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 
 def _normalise_sections(data: dict[str, Any]) -> None:
-    for kind in ("generator", "trainer", "env"):
+    """`generator: vllm` is short for `generator: {name: vllm}`; a section without a name gets the default."""
+    for kind, default in DEFAULT_COMPONENTS.items():
         if isinstance(data.get(kind), str):
             data[kind] = {"name": data[kind]}
+        if isinstance(data.get(kind), dict):
+            data[kind].setdefault("name", default)
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
@@ -235,6 +254,7 @@ def build_config(
             data.setdefault(kind, {})["name"] = choice
     for override in overrides:
         apply_override(data, override)
+    _normalise_sections(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

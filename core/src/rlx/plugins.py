@@ -59,7 +59,7 @@ class PluginManager:
     def load_builtins(self) -> None:
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
-            self.register(module, PluginInfo(module_name, "rlx", _version(), "builtin", module_name))
+            self.register(module, PluginInfo("builtin", "rlx", _version(), "builtin", module_name))
 
     def load_entry_points(self, entry_points: Iterable[md.EntryPoint] | None = None) -> None:
         blocked = disabled_plugins()
@@ -87,8 +87,9 @@ class PluginManager:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
+            name = self.pm.get_name(exc.plugin) or repr(exc.plugin)
             raise PluginError(
-                f"plugin '{exc.plugin_name}' implements a hook rlx does not have: {exc}. "
+                f"plugin '{name}' implements a hook rlx does not have: {exc}. "
                 f"Known hooks: {', '.join(sorted(n for n in dir(hookspecs) if n.startswith('register_')))}"
             ) from exc
 

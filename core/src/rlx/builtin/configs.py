@@ -8,14 +8,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class HFGeneratorConfig(BaseModel):
+    """Options of the builtin `hf` generator (transformers generate)."""
+
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(64, gt=0, description="sequences generated together (prompts x n)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: the model section's dtype, else bf16 on GPU and fp32 on CPU"
+    )
+    attn_implementation: str | None = Field(
+        None, description="transformers attention kernel: sdpa | eager | flash_attention_2 (None: its default)"
+    )
 
 
 class FSDPTrainerConfig(BaseModel):
+    """Options of the builtin `fsdp` trainer (AdamW, linear warm-up then constant LR, FSDP2 sharding)."""
+
     model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(1e-6, gt=0)
@@ -28,5 +37,8 @@ class FSDPTrainerConfig(BaseModel):
     micro_batch_size: int = Field(8, gt=0, description="sequences per forward/backward")
     device: str = Field("auto", description="auto | cpu | cuda")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
-    activation_checkpointing: bool = False
-    reshard_after_forward: bool = True
+    activation_checkpointing: bool = Field(False, description="recompute each decoder layer in backward")
+    reshard_after_forward: bool = Field(True, description="free gathered layer weights after forward (ZeRO-3)")
+    logits_chunk_tokens: int = Field(
+        1024, gt=0, description="tokens per LM-head chunk: bounds the (tokens, vocab) fp32 logits held at once"
+    )

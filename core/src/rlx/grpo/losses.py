@@ -151,7 +151,6 @@ def policy_loss(
         metrics_t["clip_frac_high"] = (a > 0) & (ratio > 1.0 + clip_high)
         metrics_t["advantage_mean"] = a.expand_as(ratio)
         metrics = {
-            name: (torch.where(mask, value.detach().float(), zero) * weights).sum()
-            for name, value in metrics_t.items()
+            name: (torch.where(mask, value.detach().float(), zero) * weights).sum() for name, value in metrics_t.items()
         }
     return loss, metrics

@@ -1,0 +1,137 @@
+"""What every trainer-group backend shares: the per-rank `TrainerWorker` and splitting batches by rank.
+
+`local` (processes on one host) and `ray` (actors) both host one `TrainerWorker` per rank and fan the
+Trainer calls out to them; the worker itself knows nothing about how it is hosted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from rlx.errors import RlxError
+from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, Trainer, TrainBatch
+
+
+class TrainerWorkerError(RlxError):
+    """A trainer rank raised or died; the message names the rank and the call."""
+
+
+def load_factory(import_string: str) -> Any:
+    """`"package.module:attr"` -> the attribute."""
+    module_name, _, attr = import_string.partition(":")
+    if not attr:
+        raise ValueError(f"a factory import string must look like 'module:attr', got {import_string!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def free_port() -> int:
+    """A TCP port free right now on this host (for MASTER_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def row_counts(rows: int, parts: int) -> list[int]:
+    """Contiguous split sizes: the first `rows % parts` parts get one row more."""
+    return [rows // parts + (1 if part < rows % parts else 0) for part in range(parts)]
+
+
+def split_rows(batch: TokenBatch, parts: int) -> list[TokenBatch]:
+    """Split every (B, ...) tensor field of `batch` into `parts` contiguous row blocks (some may be empty)."""
+    shards, start = [], 0
+    for count in row_counts(len(batch), parts):
+        values = {
+            f.name: (v[start : start + count] if isinstance(v := getattr(batch, f.name), torch.Tensor) else v)
+            for f in dataclasses.fields(batch)
+        }
+        shards.append(type(batch)(**values))
+        start += count
+    return shards
+
+
+class TrainerWorker:
+    """One trainer rank: a plain object whose methods are the Trainer calls (plus `start`).
+
+    Hosts call `start(rank, world_size, master_addr, master_port)` once (it sets the torch.distributed
+    environment, initialises the process group and builds the trainer with the component factory), then
+    any Trainer method with this rank's shard of the batch. Results are CPU tensors, so they can cross
+    process boundaries (pipes, Ray's object store).
+    """
+
+    def __init__(
+        self, factory: str, config: Any, *, model: ModelSpec, seed: int, with_reference: bool
+    ) -> None:
+        self.factory = factory
+        self.config = config
+        self.model = model
+        self.seed = seed
+        self.with_reference = with_reference
+        self.rank = 0
+        self.trainer: Trainer | None = None
+
+    def start(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        import torch.distributed as dist
+
+        self.rank = rank
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world_size),
+        )
+        if torch.cuda.is_available():
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+            backend = "cpu:gloo,cuda:nccl"
+        else:
+            backend = "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
+        self.trainer = load_factory(self.factory)(
+            self.config, model=self.model, seed=self.seed, with_reference=self.with_reference
+        )
+
+    def _trainer(self) -> Trainer:
+        if self.trainer is None:
+            raise RuntimeError("TrainerWorker.start() was not called")
+        return self.trainer
+
+    def logprobs(self, batch: TokenBatch, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
+        return self._trainer().logprobs(batch, temperature=temperature, reference=reference).cpu()
+
+    def train_step(
+        self, batch: TrainBatch, loss_fn: PolicyLossFn, temperature: float | None = None
+    ) -> dict[str, float]:
+        if temperature is None:
+            return self._trainer().train_step(batch, loss_fn)
+        return self._trainer().train_step(batch, loss_fn, temperature=temperature)  # type: ignore[call-arg]
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every rank must run this to the end (the gathers are collective); rank 0's items are the data."""
+        for name, tensor in self._trainer().named_weights():
+            yield name, tensor.detach().cpu()
+
+    def save_checkpoint(self, path: str) -> None:
+        self._trainer().save_checkpoint(path)
+
+    def load_checkpoint(self, path: str) -> None:
+        self._trainer().load_checkpoint(path)
+
+    def export_hf(self, path: str) -> None:
+        self._trainer().export_hf(path)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self.trainer is not None:
+            self.trainer.close()
+            self.trainer = None
+        if dist.is_initialized():
+            dist.destroy_process_group()

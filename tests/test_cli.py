@@ -1,0 +1,48 @@
+"""The command line as a user meets it: clear errors (exit 2, no traceback), dry runs, config show."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .conftest import REPO
+
+
+def _rlx(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlx.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_unknown_generator_names_available_ones():
+    out = _rlx("run", "--generator", "nope")
+    assert out.returncode == 2
+    assert "unknown generator 'nope'" in out.stderr and "hf" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_unknown_config_key_is_named():
+    out = _rlx("run", "--dry-run", "grpo.num_generationz=3")
+    assert out.returncode == 2 and "grpo.num_generationz" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_component_option_is_named():
+    out = _rlx("run", "--dry-run", "trainer.learning_rate=3")
+    assert out.returncode == 2 and "trainer.learning_rate" in out.stderr and "lr" in out.stderr
+
+
+def test_missing_recipe_file():
+    out = _rlx("run", "--config", "recipes/nope.yaml")
+    assert out.returncode == 2 and "recipes/nope.yaml" in out.stderr
+
+
+def test_config_show_prints_resolved_component_options():
+    out = _rlx("config", "show", "trainer.lr=2e-6")
+    assert out.returncode == 0, out.stderr
+    assert "lr: 2.0e-06" in out.stdout and "micro_batch_size" in out.stdout  # component defaults filled in
+
+
+def test_help_lists_commands():
+    out = _rlx("--help")
+    for command in ("run", "plugins", "config", "eval", "export"):
+        assert command in out.stdout

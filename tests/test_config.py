@@ -1,0 +1,77 @@
+"""Config: recipes with `defaults:`, dotted overrides, per-component validation, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlx.config import RunConfig, apply_override, build_config, load_yaml
+from rlx.errors import ConfigError
+from rlx.plan import resolve_plan
+
+
+def test_defaults_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 3\ngrpo:\n  num_generations: 4\n  prompts_per_step: 8\n  mini_batch_size: 8\n")
+    (tmp_path / "child.yaml").write_text("defaults: [base.yaml]\ngrpo:\n  num_generations: 8\nsteps: 7\n")
+    cfg = build_config(tmp_path / "child.yaml", ["grpo.clip_high=0.28", "trainer.lr=1e-6", "model.path=x"])
+    assert (cfg.seed, cfg.steps, cfg.grpo.num_generations, cfg.grpo.prompts_per_step) == (3, 7, 8, 8)
+    assert cfg.grpo.clip_high == 0.28 and cfg.trainer.options() == {"lr": 1e-6} and cfg.model.path == "x"
+
+
+def test_defaults_cycle_is_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("defaults: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(tmp_path / "a.yaml")
+
+
+def test_unknown_top_level_key_names_it_and_suggests():
+    with pytest.raises(ConfigError) as info:
+        build_config(None, ["stepz=3"])
+    assert "'stepz'" in str(info.value) and "Did you mean 'steps'" in str(info.value)
+
+
+def test_unknown_nested_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'grpo.num_generation'.*Did you mean 'num_generations'"):
+        build_config(None, ["grpo.num_generation=4"])
+
+
+def test_bad_value_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"grpo.baseline.*'median'"):
+        build_config(None, ["grpo.baseline=median"])
+
+
+def test_mini_batch_must_divide():
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        build_config(None, ["grpo.prompts_per_step=3", "grpo.num_generations=3", "grpo.mini_batch_size=4"])
+
+
+def test_component_section_validated_against_its_own_config():
+    plan = resolve_plan(build_config(None, ["trainer.lr=3e-6", "trainer.micro_batch_size=2"], env="echo")) \
+        if _has_echo() else resolve_plan(build_config(None, ["trainer.lr=3e-6", "trainer.micro_batch_size=2"]))
+    assert plan.component_configs["trainer"].lr == 3e-6
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer.lrr'.*Did you mean 'lr'"):
+        resolve_plan(build_config(None, ["trainer.lrr=1"]))
+
+
+def _has_echo() -> bool:
+    from rlx.plugins import catalog
+
+    return "echo" in catalog().components["environment"]
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_override({}, "novalue")
+    data = {"steps": 3}
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_override(data, "steps.x=1")
+
+
+def test_component_name_shorthand(tmp_path):
+    (tmp_path / "r.yaml").write_text("generator: hf\n")
+    cfg = build_config(tmp_path / "r.yaml")
+    assert cfg.generator.name == "hf"
+
+
+def test_defaults_are_valid():
+    assert RunConfig().grpo.num_generations == 8
