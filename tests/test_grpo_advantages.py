@@ -71,6 +71,20 @@ def test_zero_variance_group_is_exactly_zero(baseline, normalize_std):
     got = adv(rows, baseline=baseline, normalize_std=normalize_std)
     assert torch.equal(got, torch.zeros(4, 3))
     assert torch.equal(adv([[0.3], [5.0]], baseline=baseline, normalize_std=normalize_std), torch.zeros(2, 1))
+    # in float64, 0.1 + 0.1 + 0.1 = 0.30000000000000004 and its mean is 0.10000000000000002, not 0.1
+    rows64 = torch.tensor([[0.1, 0.1, 0.1]], dtype=torch.float64)
+    got64 = group_advantages(rows64, baseline=baseline, normalize_std=normalize_std)
+    assert got64.dtype == torch.float64 and torch.equal(got64, torch.zeros(1, 3, dtype=torch.float64))
+
+
+def test_leave_one_out_equal_others_are_not_divided_by_a_rounding_std():
+    # for the 0.7, the others [0.1, 0.1, 0.1] have std 0 exactly (rounding alone gives ~1e-17, and
+    # 0.6 / (1e-17 + eps) would be ~6e5); for each 0.1 the others [0.1, 0.1, 0.7] have mean 0.3 and
+    # unbiased std sqrt((0.04 + 0.04 + 0.16) / 2) = sqrt(0.12)
+    rows = torch.tensor([[0.1, 0.1, 0.1, 0.7]], dtype=torch.float64)
+    got = group_advantages(rows, baseline="leave_one_out", normalize_std=True, eps=0.0)
+    small = -0.2 / math.sqrt(0.12)
+    torch.testing.assert_close(got, torch.tensor([[small, small, small, 0.6]], dtype=torch.float64))
 
 
 def test_mixed_groups_keep_rows_independent():

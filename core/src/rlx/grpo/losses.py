@@ -118,10 +118,9 @@ def policy_loss(
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
 
-    # where(), not multiplication: keeps NaN/inf in padding out of both the loss and the gradient
     zero = torch.zeros((), dtype=torch.float32, device=new_logprobs.device)
-    new = torch.where(mask, new_logprobs.float(), zero)  # (B, T)
-    old = torch.where(mask, old.float(), zero)  # (B, T)
+    new = new_logprobs.float()  # (B, T)
+    old = old.float()  # (B, T)
     a = adv.float().unsqueeze(1)  # (B, 1)
 
     ratio = torch.exp((new - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # (B, T)
@@ -137,10 +136,12 @@ def policy_loss(
     loss_t = pg
     if kl_coef > 0:
         ref = _require(batch, "ref_logprobs", f"the KL term is on, kl_coef={kl_coef}")
-        kl = kl_k3(new, torch.where(mask, ref.float(), zero))  # (B, T)
+        kl = kl_k3(new, ref)  # (B, T)
         loss_t = loss_t + kl_coef * kl
         metrics_t["kl"] = kl
 
+    # where(), not multiplication: NaN * 0 is NaN, so padding garbage (NaN/inf log-probs) must be selected
+    # away; the +-20 clamps give those positions a zero gradient as well
     loss = (torch.where(mask, loss_t, zero) * weights).sum()
 
     with torch.no_grad():
