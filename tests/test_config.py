@@ -75,3 +75,29 @@ def test_component_name_shorthand(tmp_path):
 
 def test_defaults_are_valid():
     assert RunConfig().grpo.num_generations == 8
+
+
+def test_section_shorthand_overrides_keep_other_options(tmp_path):
+    (tmp_path / "r.yaml").write_text("model:\n  path: a\n  max_seq_len: 99\ntrainer:\n  name: fsdp\n  lr: 0.5\n")
+    cfg = build_config(tmp_path / "r.yaml", ["model=b", "trainer=fsdp"])
+    assert (cfg.model.path, cfg.model.max_seq_len, cfg.trainer.options()) == ("b", 99, {"lr": 0.5})
+
+
+def test_deepscaler_recipes_carry_published_hyperparameters():
+    from .conftest import REPO
+
+    stages = {s: build_config(REPO / f"recipes/deepscaler-1.5b-{s}.yaml") for s in ("8k", "16k", "24k")}
+    for s, cfg in stages.items():
+        g = cfg.grpo
+        assert cfg.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+        assert (g.prompts_per_step, g.num_generations, g.mini_batch_size) == (128, 8, 64)
+        assert (g.baseline, g.normalize_std, g.loss_agg, g.clip_low) == ("leave_one_out", True, "token", 0.2)
+        assert (g.temperature, g.top_p) == (1.0, 1.0)
+        assert cfg.validation.period == 10 and cfg.validation.samples_per_problem == 16
+        assert cfg.checkpoint.period == 10
+        t = cfg.trainer.options()
+        assert (float(t["weight_decay"]), t["warmup_steps"], t["warmup_start_factor"], t["grad_clip"]) == (0.01, 50, 0.1, 1.0)
+    assert [stages[s].model.max_seq_len for s in stages] == [8192, 16384, 24576]
+    assert [stages[s].grpo.clip_high for s in stages] == [0.2, 0.28, 0.28]
+    assert [stages[s].grpo.kl_coef for s in stages] == [0.0, 0.001, 1e-4]
+    assert [float(stages[s].trainer.options()["lr"]) for s in stages] == [2e-6, 2e-6, 5e-7]

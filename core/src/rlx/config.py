@@ -187,24 +187,34 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {override!r} must look like key.sub=value (e.g. grpo.num_generations=16)")
     value = parse_value(raw)
+    if key in SHORTHAND:  # `model=path`, `generator=vllm`: set the section's main field, keep its other options
+        section = data.get(key)
+        data[key] = {**(section if isinstance(section, dict) else {}), SHORTHAND[key]: value}
+        return
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.get(part)
-        if child is None or isinstance(child, str) and part in ("generator", "trainer", "env"):
-            child = {"name": child} if isinstance(child, str) else {}
-            node[part] = child
+        if child is None:
+            child = node[part] = {}
+        elif node is data and part in SHORTHAND and isinstance(child, str):
+            child = node[part] = {SHORTHAND[part]: child}
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: '{part}' is a value ({child!r}), not a section")
         node = child
     node[parts[-1]] = value
 
 
+# sections that may be given as one value: `model: <path>`, `generator: vllm`
+SHORTHAND = {"model": "path", "generator": "name", "trainer": "name", "env": "name"}
+
+
 def _normalise_sections(data: dict[str, Any]) -> None:
     """`generator: vllm` is short for `generator: {name: vllm}`; a section without a name gets the default."""
+    for key, main in SHORTHAND.items():
+        if isinstance(data.get(key), str):
+            data[key] = {main: data[key]}
     for kind, default in DEFAULT_COMPONENTS.items():
-        if isinstance(data.get(kind), str):
-            data[kind] = {"name": data[kind]}
         if isinstance(data.get(kind), dict):
             data[kind].setdefault("name", default)
 

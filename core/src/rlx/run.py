@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,26 @@ def load_tokenizer(model: ModelSpec) -> Any:
     if tok.chat_template is None:
         raise ConfigError(f"the tokenizer of '{model.tokenizer_path}' has no chat template; rlx prompts are chat messages")
     return tok
+
+
+def export_final_and_best(out: Path, ckpt: CheckpointManager, components: Components, step: int) -> dict[str, str]:
+    """`<out>/hf`: the final policy. `<out>/best-hf`: the best checkpoint by the chosen metric (what the next
+    DeepScaleR stage starts from); a link to `hf` when the final policy is the best."""
+    final_dir, best_dir = out / "hf", out / "best-hf"
+    components.trainer.export_hf(str(final_dir))
+    result = {"model": str(final_dir)}
+    best = ckpt.best()
+    if best_dir.is_symlink() or best_dir.is_file():
+        best_dir.unlink()
+    elif best_dir.exists():
+        shutil.rmtree(best_dir)
+    if best is None or best.step == step:
+        best_dir.symlink_to(final_dir.name)
+    else:
+        ckpt.load(best, components.trainer)
+        components.trainer.export_hf(str(best_dir))
+    result["best_model"] = str(best_dir)
+    return result
 
 
 def _seed_everything(seed: int) -> None:
@@ -133,9 +154,7 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
                 ckpt.save(result.step, components.trainer,
                           {"data": loop.cursor.state(), "metrics": metrics}, config_yaml)
         if cfg.checkpoint.export_hf:
-            export_dir = out / "hf"
-            components.trainer.export_hf(str(export_dir))
-            summary["model"] = str(export_dir)
+            summary.update(export_final_and_best(out, ckpt, components, loop.step))
     finally:
         logger.close()
         components.close()
@@ -147,5 +166,5 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
                       + (f", validation accuracy {last['val/accuracy']:.3f}" if "val/accuracy" in last else ""))
     console.print(f"metrics: {logger.jsonl_path} (TensorBoard: {out / 'tensorboard'})")
     if "model" in summary:
-        console.print(f"model (Hugging Face format): {summary['model']}")
+        console.print(f"model (Hugging Face format): {summary['model']} (best checkpoint: {summary['best_model']})")
     return summary

@@ -1,0 +1,226 @@
+"""The builtin `fsdp` trainer on CPU (gloo, fp32): log-probabilities, exact micro-batching, checkpoints, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlx.builtin.configs import FSDPTrainerConfig
+from rlx.builtin.fsdp_trainer import FSDPTrainer
+from rlx.interfaces import ModelSpec, TrainBatch
+
+
+def pg_loss(new_logprobs: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A plain policy-gradient PolicyLossFn: -sum(logp * A * w); metric: the summed weights."""
+    assert batch.advantages is not None and batch.loss_weights is not None
+    loss = -(new_logprobs * batch.advantages[:, None] * batch.loss_weights).sum()
+    return loss, {"weight": batch.loss_weights.sum().detach()}
+
+
+def make_batch(rows: int, width: int = 16, *, seed: int = 0, vocab: int = 400) -> TrainBatch:
+    """Right-padded sequences of different lengths; prompt = first 4 tokens; token-mean loss weights."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (rows, width), generator=gen)
+    lengths = torch.randint(width // 2, width + 1, (rows,), generator=gen)
+    attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    input_ids = input_ids * attention_mask  # pad id 0
+    completion_mask = attention_mask.bool() & (torch.arange(width)[None, :] >= 4)
+    weights = completion_mask.float() / completion_mask.sum()
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        completion_mask=completion_mask,
+        old_logprobs=torch.zeros(rows, width),
+        advantages=torch.randn(rows, generator=gen),
+        loss_weights=weights,
+    )
+
+
+def hf_logprobs(model: torch.nn.Module, batch: TrainBatch, temperature: float = 1.0) -> torch.Tensor:
+    """The reference computation: full HF forward, log_softmax(logits / T), aligned to input_ids."""
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    logp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    return F.pad(logp, (1, 0)) * batch.completion_mask
+
+
+def weights_of(trainer: object) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in trainer.named_weights()}  # type: ignore[attr-defined]
+
+
+def grads_of(trainer: FSDPTrainer) -> dict[str, torch.Tensor]:
+    """The full (summed) gradients left by the last train_step, by parameter name."""
+    return {name: p.grad.full_tensor().clone() for name, p in trainer.policy.named_parameters() if p.grad is not None}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from rlx.builtin.tiny import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_tied_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from rlx.builtin.tiny import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny-tied"), seed=1, tie_word_embeddings=True)
+
+
+def make_trainer(path: str, **options: object) -> FSDPTrainer:
+    config = FSDPTrainerConfig(**{"lr": 1e-2, "grad_clip": None, "micro_batch_size": 2, **options})
+    return FSDPTrainer(config, model=ModelSpec(path), seed=0, with_reference=False)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_match_a_plain_hf_forward(tiny_path: str, temperature: float) -> None:
+    from transformers import AutoModelForCausalLM
+
+    batch = make_batch(5, seed=1)
+    trainer = make_trainer(tiny_path, logits_chunk_tokens=7)  # chunks that straddle rows
+    try:
+        got = trainer.logprobs(batch, temperature=temperature)
+    finally:
+        trainer.close()
+    hf = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32, attn_implementation="sdpa")
+    expected = hf_logprobs(hf, batch, temperature)
+    assert got.shape == batch.input_ids.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (got[~batch.completion_mask] == 0).all()
+    assert (got[batch.completion_mask] < 0).all()
+
+
+def test_reference_policy_stays_frozen(tiny_path: str) -> None:
+    batch = make_batch(4, seed=2)
+    config = FSDPTrainerConfig(lr=1e-2, micro_batch_size=4)
+    trainer = FSDPTrainer(config, model=ModelSpec(tiny_path), seed=0, with_reference=True)
+    try:
+        before = trainer.logprobs(batch, reference=True)
+        trainer.train_step(batch, pg_loss)
+        after_ref = trainer.logprobs(batch, reference=True)
+        after_policy = trainer.logprobs(batch)
+    finally:
+        trainer.close()
+    torch.testing.assert_close(after_ref, before, atol=0, rtol=0)
+    assert (after_policy - before).abs().max() > 1e-4
+
+
+# Adam's first step is about lr * sign(g): a gradient of ~1e-9 whose last bits differ could flip an update.
+# A larger eps keeps the comparison about the gradients (also compared directly).
+EXACT = {"eps": 1e-4}
+
+
+def test_micro_batch_size_does_not_change_the_update(tiny_path: str) -> None:
+    batch = make_batch(8, seed=3)
+    results, weights, grads = [], [], []
+    for micro in (1, 8, 3):
+        trainer = make_trainer(tiny_path, micro_batch_size=micro, **EXACT)
+        try:
+            if not weights:
+                initial = weights_of(trainer)
+            results.append(trainer.train_step(batch, pg_loss))
+            weights.append(weights_of(trainer))
+            grads.append(grads_of(trainer))
+        finally:
+            trainer.close()
+    for other in (1, 2):
+        assert_same_weights(weights[0], weights[other])
+        assert_same_weights(grads[0], grads[other], atol=1e-7)
+    moved = max((weights[0][n] - initial[n]).abs().max().item() for n in initial)
+    assert moved > 1e-3  # the step did something
+    for key in ("loss", "entropy", "grad_norm", "weight"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-5), key
+    assert results[0]["weight"] == pytest.approx(1.0, rel=1e-5)  # loss_weights summed over micro-batches
+    assert 0 < results[0]["entropy"] <= torch.log(torch.tensor(512.0)).item()
+
+
+def test_step_metrics_lr_schedule_and_clipping(tiny_path: str) -> None:
+    batch = make_batch(4, seed=4)
+    trainer = make_trainer(tiny_path, lr=1e-3, warmup_steps=2, warmup_start_factor=0.5, grad_clip=1e-3)
+    try:
+        lrs = [trainer.train_step(batch, pg_loss)["lr"] for _ in range(4)]
+        metrics = trainer.train_step(batch, pg_loss)
+        total = sum(p.grad.full_tensor().pow(2).sum() for p in trainer.policy.parameters() if p.grad is not None)
+    finally:
+        trainer.close()
+    assert lrs == pytest.approx([5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert set(metrics) >= {"loss", "grad_norm", "lr", "entropy", "weight"}
+    # grad_norm is the norm before clipping; the gradients left behind are clipped to grad_clip
+    assert metrics["grad_norm"] > 1e-3
+    assert total.sqrt().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_checkpoint_round_trip_continues_identically(tiny_path: str, tmp_path: Path) -> None:
+    batches = [make_batch(4, seed=s) for s in (10, 11, 12)]
+    options = {"warmup_steps": 3, "lr": 5e-3}
+    first = make_trainer(tiny_path, **options)
+    try:
+        first.train_step(batches[0], pg_loss)
+        first.save_checkpoint(str(tmp_path / "ckpt"))
+        expected = [first.train_step(b, pg_loss) for b in batches[1:]]
+        expected_weights = weights_of(first)
+    finally:
+        first.close()
+    second = make_trainer(tiny_path, **options)
+    try:
+        second.load_checkpoint(str(tmp_path / "ckpt"))
+        got = [second.train_step(b, pg_loss) for b in batches[1:]]
+        got_weights = weights_of(second)
+    finally:
+        second.close()
+    assert_same_weights(expected_weights, got_weights, atol=0)
+    assert [m["lr"] for m in got] == [m["lr"] for m in expected] == pytest.approx([5e-3 * 0.4, 5e-3 * 0.7])
+    assert not (tmp_path / "ckpt.tmp").exists()
+
+
+def test_load_checkpoint_rejects_a_folder_that_is_not_one(tiny_path: str, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_path)
+    try:
+        with pytest.raises(FileNotFoundError, match="not an rlx fsdp trainer checkpoint"):
+            trainer.load_checkpoint(str(tmp_path))
+    finally:
+        trainer.close()
+
+
+def test_export_hf_loads_with_transformers_and_gives_the_same_logprobs(tiny_tied_path: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    batch = make_batch(3, seed=5)
+    trainer = make_trainer(tiny_tied_path)
+    try:
+        trainer.train_step(batch, pg_loss)  # export the trained weights, not the initial ones
+        expected = trainer.logprobs(batch)
+        names = [name for name, _ in trainer.named_weights()]
+        trainer.export_hf(str(tmp_path / "hf"))
+    finally:
+        trainer.close()
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+    torch.testing.assert_close(hf_logprobs(model, batch), expected, atol=1e-5, rtol=0)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "hf")).eos_token == "<|im_end|>"
+    assert (tmp_path / "hf" / "generation_config.json").is_file()
+    # named_weights: HF names, tied weights once (as save_pretrained writes them)
+    assert set(names) == set(model.state_dict()) - {"lm_head.weight"}
+    assert len(names) == len(set(names))
+
+
+def test_activation_checkpointing_gives_the_same_update(tiny_path: str) -> None:
+    batch = make_batch(4, seed=6)
+    weights = []
+    for checkpointing in (False, True):
+        trainer = make_trainer(tiny_path, activation_checkpointing=checkpointing, **EXACT)
+        try:
+            trainer.train_step(batch, pg_loss)
+            weights.append(weights_of(trainer))
+        finally:
+            trainer.close()
+    assert_same_weights(weights[0], weights[1])
