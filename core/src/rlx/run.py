@@ -76,6 +76,14 @@ def export_final_and_best(out: Path, ckpt: CheckpointManager, components: Compon
     return result
 
 
+def quiet_libraries() -> None:
+    """transformers' per-load progress bars and advisories drown the run's own output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -87,6 +95,7 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    quiet_libraries()
     _seed_everything(cfg.seed)
 
     env = build_environment(plan)

@@ -52,7 +52,7 @@ class FlatMeta:
     numel: int
 
 
-def test_flattened_encoder(bucket: list[tuple[str, torch.Tensor]], tp_size: int) -> list[dict[str, Any]]:
+def fake_flattened_encoder(bucket: list[tuple[str, torch.Tensor]], tp_size: int) -> list[dict[str, Any]]:
     """Stands in for `sglang_flattened_payload`: the same flat layout, without sglang's serializer."""
     metadata, parts, start = [], [], 0
     for name, tensor in bucket:
@@ -64,7 +64,6 @@ def test_flattened_encoder(bucket: list[tuple[str, torch.Tensor]], tp_size: int)
     return [data for _ in range(tp_size)]
 
 
-test_flattened_encoder.__test__ = False  # a helper, not a test
 
 
 def reconstruct(data: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:

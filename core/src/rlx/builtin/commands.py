@@ -39,13 +39,14 @@ def eval_cmd(
     from rlx.interfaces import SamplingParams
     from rlx.loop import PromptEncoder, evaluate
     from rlx.plan import resolve_plan
-    from rlx.run import load_tokenizer, resolve_model
+    from rlx.run import load_tokenizer, quiet_libraries, resolve_model
 
     if split not in ("train", "validation"):
         raise ConfigError(f"--split must be 'train' or 'validation', got '{split}'")
     if samples < 1:
         raise ConfigError("--samples must be >= 1")
     console = Console()
+    quiet_libraries()
     cfg = build_config(config, [*(overrides or []), f"model.path={model}", f"seed={seed}"], generator=generator, env=env)
     plan = resolve_plan(cfg)
     environment = build_environment(plan)

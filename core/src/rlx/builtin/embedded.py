@@ -93,8 +93,8 @@ def build_and_warm_up(
     max_steps: int,
     console: Any = None,
     batch_size: int = 64,
-    lr: float = 3e-3,
-    eval_every: int = 10,
+    lr: float = 2e-3,
+    eval_every: int = 2,
 ) -> dict[str, Any]:
     """Tokenizer + random tiny Qwen2, then SFT on reference solutions until sampled accuracy >= target."""
     from transformers import AutoModelForCausalLM
@@ -135,8 +135,8 @@ def build_and_warm_up(
             model.eval()
             accuracy = _sampled_accuracy(model, tokenizer, env, held_out, seed + step)
             model.train()
-            history.append({"step": step, "accuracy": accuracy, "loss": float(loss)})
-            _say(console, f"  warm-up step {step}: loss {float(loss):.3f}, sampled accuracy {accuracy:.3f}")
+            history.append({"step": step, "accuracy": accuracy, "loss": float(loss.detach())})
+            _say(console, f"  warm-up step {step}: loss {float(loss.detach()):.3f}, sampled accuracy {accuracy:.3f}")
     model.eval()
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))

@@ -142,8 +142,27 @@ class LocalTrainerGroup:
                     raise self._fail(f"trainer call '{call}' took longer than {self.timeout_s:.0f} s") from None
                 continue
             if kind == _ERROR:
-                raise self._fail(f"trainer rank {rank} raised in '{what}':\n{payload}")
+                raise self._fail(self._diagnose(call, [(rank, what, payload)])) from None
             return rank, kind, what, payload
+
+    def _diagnose(self, call: str, errors: list[tuple[int, str, str]]) -> str:
+        """Say what went wrong, root cause first: a rank that died makes its peers' collectives fail
+        (gloo: "connection closed by peer"), so give the others a moment to report or exit."""
+        grace = time.monotonic() + 2.0
+        while time.monotonic() < grace:
+            try:
+                rank, kind, what, payload = self._results.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind == _ERROR:
+                errors.append((rank, what, payload))
+        lines = [
+            f"trainer rank {rank} died (exit code {proc.exitcode}) during '{call}'"
+            for rank, proc in enumerate(self._procs)
+            if not proc.is_alive()
+        ]
+        lines += [f"trainer rank {rank} raised in '{what}':\n{payload}" for rank, what, payload in errors]
+        return "\n".join(lines)
 
     def _gather(self, call: str) -> list[Any]:
         """Wait for every rank's answer to `call`; returns them by rank."""

@@ -134,6 +134,7 @@ def to_completion(output: Mapping[str, Any]) -> Completion:
     """One sglang result dict ({"output_ids", "meta_info": {"output_token_logprobs", "finish_reason"}})
     -> Completion. Raises on an aborted request or logprobs that do not line up with the tokens."""
     meta = output["meta_info"]
+    reason = finish_reason(meta)  # first: an aborted request carries no logprobs, only the reason
     token_ids = tuple(int(t) for t in output["output_ids"])
     entries = meta.get("output_token_logprobs")
     if entries is None:
@@ -151,7 +152,7 @@ def to_completion(output: Mapping[str, Any]) -> Completion:
                 f"the output has {token}"
             )
         logprobs.append(float(logprob))
-    return Completion(token_ids=token_ids, logprobs=tuple(logprobs), finish_reason=finish_reason(meta))
+    return Completion(token_ids=token_ids, logprobs=tuple(logprobs), finish_reason=reason)
 
 
 def finish_reason(meta: Mapping[str, Any]) -> FinishReason:

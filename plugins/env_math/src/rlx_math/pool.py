@@ -34,6 +34,10 @@ def _worker_main(conn: Connection, grade_fn: GradeFn, options: GradeOptions) -> 
     from rlx_math.grading import warm_up
 
     warm_up()
+    try:
+        conn.send("ready")
+    except (BrokenPipeError, OSError):
+        return
     while True:
         try:
             message = conn.recv()
@@ -62,6 +66,8 @@ class _Worker:
         self.conn = conn
         self.task: int | None = None
         self.deadline = 0.0
+        self.ready = False  # set when the worker has imported and warmed up math-verify
+        self.started = time.monotonic()
 
     def stop(self, *, kill: bool) -> None:
         if kill:
@@ -106,6 +112,7 @@ class VerifierPool:
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._ctx.set_forkserver_preload(_PRELOAD)
+        self.startup_timeout_s = 120.0
         self._workers: list[_Worker] = []
         self.events: Counter[str] = Counter()  # worker_killed, worker_died, worker_started
         self._closed = False
@@ -143,7 +150,7 @@ class VerifierPool:
         hard_limit = self.options.timeout_s + self.kill_grace_s
         while pending or any(w.task is not None for w in self._workers):
             for worker in list(self._workers):
-                if worker.task is None and pending:
+                if worker.ready and worker.task is None and pending:
                     index = pending.popleft()
                     try:
                         worker.conn.send((index, *pairs[index]))
@@ -154,13 +161,18 @@ class VerifierPool:
                         continue
                     worker.task = index
                     worker.deadline = time.monotonic() + hard_limit
-            busy = [w for w in self._workers if w.task is not None]
-            if not busy:
+            # the time limit starts when a task is sent, so only warmed-up workers get tasks
+            watched = [w for w in self._workers if w.task is not None or not w.ready]
+            if not watched:
                 continue
-            wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=wait_s))
+            deadlines = [w.deadline if w.ready else w.started + self.startup_timeout_s for w in watched]
+            wait_s = max(0.0, min(deadlines) - time.monotonic())
+            ready = set(wait([w.conn for w in watched] + [w.process.sentinel for w in watched], timeout=wait_s))
             now = time.monotonic()
-            for worker in busy:
+            for worker in watched:
+                if not worker.ready:
+                    self._check_startup(worker, ready, now)
+                    continue
                 index = worker.task
                 assert index is not None
                 if worker.conn in ready or worker.process.sentinel in ready:
@@ -184,6 +196,25 @@ class VerifierPool:
                     self.events["worker_killed"] += 1
                     self._replace(worker, kill=True)
         return [status if status is not None else "error" for status in results]
+
+    def _check_startup(self, worker: _Worker, ready: set[object], now: float) -> None:
+        """Mark a starting worker ready, or fail loudly if it cannot start (a broken install, not bad output)."""
+        if worker.conn in ready or worker.process.sentinel in ready:
+            try:
+                if worker.conn.poll() and worker.conn.recv() == "ready":
+                    worker.ready = True
+                    return
+            except (EOFError, OSError):
+                pass
+            code = worker.process.exitcode
+            self.close()
+            raise RuntimeError(
+                f"rlx-math: a verifier process failed to start (exit code {code}); "
+                "check that math-verify imports in a fresh Python (python -c 'import math_verify')"
+            )
+        if now >= worker.started + self.startup_timeout_s:
+            self.close()
+            raise RuntimeError(f"rlx-math: a verifier process did not start within {self.startup_timeout_s:.0f} s")
 
     def _grade_inline(self, gold: str, completion: str) -> ScoreStatus:
         try:

@@ -1,0 +1,274 @@
+"""`GeneratorConformance`: the pytest suite every `Generator` implementation passes (see `rlx.testing`).
+
+All tests share one generator per class, built from `TinyModels.base`; tests that push other weights put
+the base weights back before they return, so they may run in any order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import pytest
+
+from rlx.interfaces import Completion, Generator, ModelSpec, SamplingParams
+from rlx.testing.fixtures import TinyModels, iter_safetensors, session_tiny_models
+from rlx.testing.reference import ReferenceKind, available_reference, greedy_margins, reference_logprobs
+
+MakeGenerator = Callable[[ModelSpec], Generator]
+
+_QUESTIONS = ("What is 12 + 7?", "Compute 3 * 4 - 5.", "What is 81 / 9? Put the answer in \\boxed{}.")
+
+
+def _greedy(max_new_tokens: int = 12, **kw: object) -> SamplingParams:
+    return SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, **kw)  # type: ignore[arg-type]
+
+
+def _tokens(result: list[list[Completion]]) -> list[list[tuple[int, ...]]]:
+    return [[c.token_ids for c in per_prompt] for per_prompt in result]
+
+
+def _pairs(prompts: Sequence[Sequence[int]], result: list[list[Completion]]) -> list[tuple[list[int], list[int]]]:
+    return [(list(p), list(c.token_ids)) for p, per_prompt in zip(prompts, result) for c in per_prompt]
+
+
+class GeneratorConformance:
+    """Subclass in your test module and override the `make_generator` fixture.
+
+    Class attributes a plugin may override (say why in a comment; the defaults fit an fp32 engine):
+    """
+
+    #: dtype of the ModelSpec the generator is built with (the suite's weights are fp32).
+    model_dtype: str = "float32"
+    #: mean over completion tokens of exp(|generator logprob - reference logprob|) must stay below this.
+    logprob_mismatch_tolerance: float = 1.01
+    #: and no single token may differ by more than this (nats).
+    logprob_max_abs_diff: float = 0.05
+    #: a greedy token may trail the reference argmax by at most this (nats; covers exact ties).
+    greedy_tolerance: float = 1e-3
+    #: who computes the reference logprobs: "trainer" (the builtin fsdp trainer), "transformers", or
+    #: "auto" = the trainer when `rlx.builtin.fsdp_trainer` imports, else a plain transformers forward.
+    reference: str = "auto"
+
+    # ------------------------------------------------------------------------------------ fixtures
+
+    @pytest.fixture(scope="class")
+    def make_generator(self) -> MakeGenerator:
+        """Override: return a callable building your generator for a ModelSpec."""
+        pytest.fail(f"{type(self).__name__} must override the `make_generator` fixture (see rlx.testing)")
+
+    @pytest.fixture(scope="class")
+    def tiny_models(self, tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+        return session_tiny_models(tmp_path_factory)
+
+    @pytest.fixture(scope="class")
+    def generator(self, make_generator: MakeGenerator, tiny_models: TinyModels) -> Iterator[Generator]:
+        generator = make_generator(ModelSpec(tiny_models.base, dtype=self.model_dtype, max_seq_len=512))  # type: ignore[arg-type]
+        yield generator
+        generator.close()
+
+    @pytest.fixture(scope="class")
+    def prompts(self, tiny_models: TinyModels) -> list[list[int]]:
+        """Three chat prompts of different lengths (so batches need padding)."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_models.base)
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+            for q in _QUESTIONS
+        ]
+        assert len({len(p) for p in prompts}) > 1
+        return [list(p) for p in prompts]
+
+    @pytest.fixture(scope="class")
+    def eos_id(self, tiny_models: TinyModels) -> int:
+        from transformers import AutoTokenizer
+
+        return int(AutoTokenizer.from_pretrained(tiny_models.base).eos_token_id)
+
+    def _reference_kind(self) -> ReferenceKind:
+        if self.reference == "auto":
+            return available_reference()
+        if self.reference not in ("trainer", "transformers"):
+            raise ValueError(f"reference must be auto | trainer | transformers, got {self.reference!r}")
+        return self.reference  # type: ignore[return-value]
+
+    def _push(self, generator: Generator, model_dir: str) -> None:
+        generator.update_weights(iter_safetensors(model_dir))
+
+    def _assert_greedy_follows(self, model_dir: str, prompts: list[list[int]], result: list[list[Completion]]) -> None:
+        """Every greedy token is the argmax of `model_dir`'s plain HF model (teacher-forced on the generator's
+        own tokens, so one near-tie cannot derail the rest), up to `greedy_tolerance`."""
+        for (prompt, completion), margins in zip(_pairs(prompts, result), greedy_margins(model_dir, _pairs(prompts, result))):
+            worst = max(margins)
+            assert worst <= self.greedy_tolerance, (
+                f"greedy token is not the argmax of {model_dir}: it trails by {worst:.4g} nats "
+                f"(prompt {prompt[-5:]}..., completion {completion})"
+            )
+
+    # ------------------------------------------------------------------------------------ shapes
+
+    def test_satisfies_protocol(self, generator: Generator) -> None:
+        assert isinstance(generator, Generator)
+
+    def test_result_shapes(self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels) -> None:
+        import json
+        from pathlib import Path
+
+        vocab = json.loads((Path(tiny_models.base) / "config.json").read_text())["vocab_size"]
+        params = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=0)
+        result = generator.generate(prompts, params)
+        assert isinstance(result, list) and len(result) == len(prompts)
+        for per_prompt in result:
+            assert len(per_prompt) == params.n
+            for c in per_prompt:
+                assert isinstance(c, Completion)
+                assert isinstance(c.token_ids, tuple) and isinstance(c.logprobs, tuple)
+                assert all(isinstance(t, int) and 0 <= t < vocab for t in c.token_ids)
+                assert 1 <= len(c.token_ids) <= params.max_new_tokens
+                assert len(c.logprobs) == len(c.token_ids)
+                assert all(isinstance(x, float) and math.isfinite(x) and x <= 1e-4 for x in c.logprobs)
+                assert c.finish_reason in ("stop", "length")
+                if c.finish_reason == "length":
+                    assert len(c.token_ids) == params.max_new_tokens
+
+    def test_single_token_and_empty_batch(self, generator: Generator, prompts: list[list[int]]) -> None:
+        (per_prompt,) = generator.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=1, seed=0))
+        assert [len(c.token_ids) for c in per_prompt] == [1, 1]
+        assert generator.generate([], SamplingParams(n=2, max_new_tokens=4)) == []
+
+    def test_prompt_order_is_kept(self, generator: Generator, prompts: list[list[int]]) -> None:
+        forward = _tokens(generator.generate(prompts, _greedy()))
+        backward = _tokens(generator.generate(prompts[::-1], _greedy()))
+        assert backward == forward[::-1]
+
+    # ------------------------------------------------------------------------------------ sampling
+
+    def test_n_samples_differ(self, generator: Generator, prompts: list[list[int]]) -> None:
+        result = generator.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=8))
+        for per_prompt in result:
+            # with top-1 probability ~0.2 per step, two equal 8-token samples are a ~1e-5 event
+            assert len({c.token_ids for c in per_prompt}) == 4, _tokens([per_prompt])
+
+    def test_seed_makes_sampling_reproducible(self, generator: Generator, prompts: list[list[int]]) -> None:
+        params = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=1234)
+        first = generator.generate(prompts, params)
+        assert generator.generate(prompts, params) == first
+        other = generator.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=4321))
+        assert _tokens(other) != _tokens(first)
+
+    def test_greedy_is_deterministic_and_is_the_argmax(
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> None:
+        result = generator.generate(prompts, SamplingParams(n=3, temperature=0.0, max_new_tokens=12))
+        for per_prompt in result:
+            assert len({c.token_ids for c in per_prompt}) == 1, "greedy samples of one prompt differ"
+        assert _tokens(generator.generate(prompts, SamplingParams(n=3, temperature=0.0, max_new_tokens=12))) == _tokens(
+            result
+        )
+        self._assert_greedy_follows(tiny_models.base, prompts, result)
+
+    # ------------------------------------------------------------------------------------ stopping
+
+    def test_stop_token_ids(self, generator: Generator, prompts: list[list[int]]) -> None:
+        (free,) = generator.generate(prompts[:1], _greedy(12))
+        tokens = free[0].token_ids
+        # stop on the latest token among the first four that has not appeared before it
+        index = max(i for i in range(min(4, len(tokens))) if tokens[i] not in tokens[:i])
+        (stopped,) = generator.generate(prompts[:1], _greedy(12, stop_token_ids=(tokens[index],)))
+        assert stopped[0].token_ids == tokens[: index + 1]
+        assert stopped[0].finish_reason == "stop"
+        assert len(stopped[0].logprobs) == index + 1
+
+    def test_stops_at_eos(
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels, eos_id: int
+    ) -> None:
+        """With weights that make EOS likely (p ~ 0.2 per step), completions end at EOS, EOS included."""
+        max_new = 16
+        self._push(generator, tiny_models.eos)
+        try:
+            result = generator.generate(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=max_new, seed=0))
+        finally:
+            self._push(generator, tiny_models.base)
+        completions = [c for per_prompt in result for c in per_prompt]
+        for c in completions:
+            assert eos_id not in c.token_ids[:-1], f"tokens continue after EOS: {c.token_ids}"
+            if c.finish_reason == "stop":
+                assert c.token_ids[-1] == eos_id
+            else:
+                assert len(c.token_ids) == max_new and c.token_ids[-1] != eos_id
+        stopped = [c for c in completions if c.finish_reason == "stop"]
+        assert len(stopped) >= len(completions) // 2, "EOS should end most completions (pushed via update_weights)"
+        assert len({len(c.token_ids) for c in stopped}) > 1, "rows of one batch should stop at different steps"
+
+    # ------------------------------------------------------------------------------------ logprobs
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            SamplingParams(n=4, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12, seed=3),
+            SamplingParams(n=2, temperature=1.3, max_new_tokens=12, seed=4),
+            SamplingParams(n=1, temperature=0.0, max_new_tokens=12),
+        ],
+        ids=["t0.7-topk20-topp0.9", "t1.3", "greedy"],
+    )
+    def test_logprobs_match_reference(
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels, params: SamplingParams
+    ) -> None:
+        """Generator logprobs equal the reference's on softmax(logits / T) before top-k/top-p (T=1 for greedy).
+
+        Tolerance: mean over tokens of exp(|delta|) < logprob_mismatch_tolerance (1.01: ~1% average
+        probability ratio error) and max |delta| < logprob_max_abs_diff (0.05 nats).
+        """
+        kind = self._reference_kind()
+        result = generator.generate(prompts, params)
+        pairs = _pairs(prompts, result)
+        temperature = params.temperature if params.temperature > 0 else 1.0
+        expected = reference_logprobs(kind, tiny_models.base, pairs, temperature)
+        deltas = [
+            abs(got - want)
+            for per_prompt, refs in zip([c for r in result for c in r], expected)
+            for got, want in zip(per_prompt.logprobs, refs)
+        ]
+        assert len(deltas) == sum(len(c) for _, c in pairs)
+        mismatch = sum(math.exp(d) for d in deltas) / len(deltas)
+        print(f"logprob reference: {kind}; mean exp|delta| = {mismatch:.6f}; max |delta| = {max(deltas):.3g}")
+        assert mismatch < self.logprob_mismatch_tolerance, f"mean exp|delta| {mismatch:.4f} vs {kind} reference"
+        assert max(deltas) < self.logprob_max_abs_diff, f"max |delta| {max(deltas):.4f} vs {kind} reference"
+
+    # ------------------------------------------------------------------------------------ weights
+
+    def test_update_weights_changes_outputs(
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> None:
+        """Greedy output follows pushed weights (and comes back with the old ones); the iterator is read once."""
+        before = generator.generate(prompts, _greedy())
+        pulled: list[str] = []
+
+        def one_pass() -> Iterator[tuple[str, object]]:
+            for name, tensor in iter_safetensors(tiny_models.other):
+                pulled.append(name)
+                yield name, tensor
+
+        weights = one_pass()
+        generator.update_weights(weights)  # type: ignore[arg-type]
+        try:
+            assert next(weights, None) is None, "update_weights must consume the whole iterator"
+            assert len(pulled) == len(set(pulled)) == len(list(iter_safetensors(tiny_models.other)))
+            after = generator.generate(prompts, _greedy())
+            assert _tokens(after) != _tokens(before), "outputs did not change after update_weights"
+            self._assert_greedy_follows(tiny_models.other, prompts, after)
+            # the check discriminates: the new tokens are not what the old weights would pick
+            old_margins = greedy_margins(tiny_models.base, _pairs(prompts, after))
+            assert max(max(m) for m in old_margins) > 10 * self.greedy_tolerance
+        finally:
+            self._push(generator, tiny_models.base)
+        assert _tokens(generator.generate(prompts, _greedy())) == _tokens(before), "restoring the weights failed"
+
+    def test_sleep_then_wake_up_keeps_weights(self, generator: Generator, prompts: list[list[int]]) -> None:
+        before = _tokens(generator.generate(prompts, _greedy()))
+        generator.sleep()
+        generator.wake_up()
+        assert _tokens(generator.generate(prompts, _greedy())) == before

@@ -1,0 +1,143 @@
+"""The `math` environment: problems from toy arithmetic, DeepScaleR-format datasets or AIME, and a binary
+math-verify reward computed in a pool of verifier processes with a per-sample time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+
+from rlx.interfaces import Problem, Score, ScoreStatus, Split
+from rlx_math import toy
+from rlx_math.data import LoadReport, PromptTemplate, builtin_template, load_problems, load_template
+from rlx_math.grading import GradeOptions
+from rlx_math.plugin import DATASET_ALIASES, MathEnvConfig
+from rlx_math.pool import VerifierPool
+
+logger = logging.getLogger(__name__)
+
+GRADING_FAILED: frozenset[ScoreStatus] = frozenset({"no_answer", "timeout", "error"})
+
+
+class AllGradingFailedWarning(RuntimeWarning):
+    """Every completion of a batch scored 0 because nothing could be graded (not because it was wrong)."""
+
+
+class MathEnvironment:
+    """Implements `rlx.interfaces.Environment`. Built as `MathEnvironment(config, seed=...)`."""
+
+    def __init__(self, config: MathEnvConfig, *, seed: int) -> None:
+        self.config = config
+        self.seed = seed
+        self._problems: dict[Split, list[Problem]] = {}
+        self.reports: dict[Split, LoadReport] = {}
+        self.counts: Counter[ScoreStatus] = Counter()  # every status ever returned by `score`
+        workers = config.num_workers if config.num_workers is not None else (os.cpu_count() or 1)
+        self.pool = VerifierPool(
+            workers,
+            GradeOptions(
+                timeout_s=config.timeout_s,
+                require_think_close=config.require_think_close,
+                fallback_tail_chars=config.fallback_tail_chars,
+            ),
+            kill_grace_s=config.kill_grace_s,
+            start_method=config.start_method,
+        )
+
+    # ------------------------------------------------------------------------------------------ problems
+
+    def problems(self, split: Split) -> Sequence[Problem]:
+        """The train or validation problems (loaded once, then cached); validation may be empty."""
+        if split not in ("train", "validation"):
+            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+        if split not in self._problems:
+            self._problems[split] = self._load(split)
+        return self._problems[split]
+
+    def _template(self, source: str) -> PromptTemplate:
+        if self.config.prompt_template:
+            return load_template(self.config.prompt_template)
+        return builtin_template("toy" if source == "toy" else "deepscaler")
+
+    def _load(self, split: Split) -> list[Problem]:
+        cfg = self.config
+        source = cfg.train if split == "train" else cfg.validation
+        limit = cfg.max_train_problems if split == "train" else cfg.max_validation_problems
+        if source is None:
+            return []
+        template = self._template(source)
+        if source == "toy":
+            problems = self._toy(split, template)
+            return problems[:limit] if limit else problems
+        resolved = DATASET_ALIASES.get(source, source)
+        problems, report = load_problems(
+            resolved,
+            split=cfg.train_split if split == "train" else cfg.validation_split,
+            template=template,
+            id_prefix=f"{split}",
+            problem_field=cfg.problem_field,
+            answer_field=cfg.answer_field,
+            on_bad_row=cfg.on_bad_row,
+            max_problems=limit,
+        )
+        self.reports[split] = report
+        return problems
+
+    def _toy(self, split: Split, template: PromptTemplate) -> list[Problem]:
+        t = self.config.toy
+        size, seed = (t.train_size, self.seed) if split == "train" else (t.validation_size, t.validation_seed)
+        generated = toy.generate(
+            size,
+            seed=seed,
+            num_operands=t.num_operands,
+            min_operand=t.min_operand,
+            max_operand=t.max_operand,
+            operators=t.operators,
+        )
+        return [
+            Problem(
+                id=f"toy-{split}-{i}",
+                messages=template.render(p.text),
+                answer=p.answer,
+                metadata={"source": "toy", "solution": p.solution},
+            )
+            for i, p in enumerate(generated)
+        ]
+
+    # ------------------------------------------------------------------------------------------ scoring
+
+    def score(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[Score]:
+        """Reward 1.0 if completions[i] answers problems[i] correctly (math-verify), else 0.0, with a status."""
+        if len(problems) != len(completions):
+            raise ValueError(f"score: {len(problems)} problems but {len(completions)} completions")
+        pairs = [(p.answer, c if isinstance(c, str) else "") for p, c in zip(problems, completions, strict=True)]
+        # GRPO samples the same prompt several times and short answers repeat: grade each distinct pair once
+        unique = list(dict.fromkeys(pairs))
+        graded = dict(zip(unique, self.pool.grade(unique), strict=True))
+        scores = [Score(1.0 if graded[pair] == "correct" else 0.0, graded[pair]) for pair in pairs]
+        statuses = Counter(s.status for s in scores)
+        self.counts.update(statuses)
+        if len(scores) >= 2 and all(s.status in GRADING_FAILED for s in scores):
+            self._warn_all_failed(statuses, completions)
+        return scores
+
+    def _warn_all_failed(self, statuses: Counter[ScoreStatus], completions: Sequence[str]) -> None:
+        tail = (completions[0] or "")[-200:]
+        message = (
+            f"rlx-math: ALL {sum(statuses.values())} completions of this batch scored 0 because grading failed, "
+            f"not because answers were wrong ({', '.join(f'{k}={v}' for k, v in sorted(statuses.items()))}). "
+            f"Check that the prompt asks for \\boxed{{}} answers, that max_new_tokens lets the model finish, "
+            f"and that timeout_s ({self.config.timeout_s}) is not too small. End of the first completion: {tail!r}"
+        )
+        logger.warning(message)
+        warnings.warn(message, AllGradingFailedWarning, stacklevel=3)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for logging: statuses so far, and verifier processes started/killed/died."""
+        return {**{f"status/{k}": v for k, v in self.counts.items()}, **dict(self.pool.events)}
+
+    def close(self) -> None:
+        self.pool.close()
