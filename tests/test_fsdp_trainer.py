@@ -77,8 +77,31 @@ def tiny_tied_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def make_trainer(path: str, **options: object) -> FSDPTrainer:
-    config = FSDPTrainerConfig(**{"lr": 1e-2, "grad_clip": None, "micro_batch_size": 2, **options})
+    config = FSDPTrainerConfig(**{"lr": 1e-2, "grad_clip": None, "micro_batch_size": 2, "device": "cpu", **options})
     return FSDPTrainer(config, model=ModelSpec(path), seed=0, with_reference=False)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_lm_head_gradients_and_entropy(temperature: float, with_bias: bool) -> None:
+    """The hand-written backward of the LM-head chunk against finite differences (float64)."""
+    from rlx.builtin.fsdp_trainer import _LMHeadLogprobs
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(20, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(20, dtype=torch.float64, generator=gen, requires_grad=True) if with_bias else None
+    targets = torch.randint(0, 20, (7,), generator=gen)
+
+    def logprobs(h: torch.Tensor, w: torch.Tensor, *b: torch.Tensor) -> torch.Tensor:
+        return _LMHeadLogprobs.apply(h, w, b[0] if b else None, targets, 1.0 / temperature, False)[0]
+
+    inputs = (hidden, weight) + ((bias,) if bias is not None else ())
+    assert torch.autograd.gradcheck(logprobs, inputs)
+    logp, entropy = _LMHeadLogprobs.apply(hidden, weight, bias, targets, 1.0 / temperature, True)
+    log_softmax = torch.log_softmax(F.linear(hidden, weight, bias) / temperature, dim=-1)
+    torch.testing.assert_close(logp, log_softmax.gather(-1, targets[:, None])[:, 0])
+    torch.testing.assert_close(entropy, -(log_softmax.exp() * log_softmax).sum(-1))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -99,9 +122,34 @@ def test_logprobs_match_a_plain_hf_forward(tiny_path: str, temperature: float) -
     assert (got[batch.completion_mask] < 0).all()
 
 
+def test_logprobs_of_rows_that_are_not_right_padded_use_the_mask(tiny_path: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from rlx.builtin.fsdp_trainer import _attention_mask
+
+    right = make_batch(3, seed=7)
+    assert _attention_mask(right.attention_mask) is None  # plain causal attention: exact for right padding
+    # left-pad the shortest row by rolling it: its real tokens now see pads on their left unless masked
+    rolled = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in right.__dict__.items()}
+    row = int(right.attention_mask.sum(-1).argmin())
+    shift = int((right.attention_mask[row] == 0).sum())
+    assert shift > 0
+    for name in ("input_ids", "attention_mask", "completion_mask"):
+        rolled[name][row] = torch.roll(rolled[name][row], shift)
+    batch = TrainBatch(**rolled)
+    assert _attention_mask(batch.attention_mask) is batch.attention_mask
+    trainer = make_trainer(tiny_path)
+    try:
+        got = trainer.logprobs(batch)
+    finally:
+        trainer.close()
+    hf = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32, attn_implementation="sdpa")
+    torch.testing.assert_close(got, hf_logprobs(hf, batch), atol=1e-5, rtol=0)
+
+
 def test_reference_policy_stays_frozen(tiny_path: str) -> None:
     batch = make_batch(4, seed=2)
-    config = FSDPTrainerConfig(lr=1e-2, micro_batch_size=4)
+    config = FSDPTrainerConfig(lr=1e-2, micro_batch_size=4, device="cpu")
     trainer = FSDPTrainer(config, model=ModelSpec(tiny_path), seed=0, with_reference=True)
     try:
         before = trainer.logprobs(batch, reference=True)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from rlx.builtin import tiny
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlx.builtin import tiny
 
 
 @pytest.fixture(scope="module")

@@ -47,11 +47,20 @@ def _root(ctx: typer.Context) -> None:
         ctx.invoke(run_cmd)
 
 
+def default_recipe() -> Path:
+    """The embedded CPU default (`recipes/tiny-cpu.yaml`, shipped inside the package)."""
+    from importlib.resources import files
+
+    return Path(str(files("rlx") / "recipes" / "tiny-cpu.yaml"))
+
+
 def _resolve(config, overrides, generator, trainer, env, cluster):
     from rlx.config import build_config
     from rlx.plan import resolve_plan
 
     overrides = list(overrides or [])
+    if config is None:
+        config = default_recipe()
     if cluster:
         overrides.append(f"cluster.kind={cluster}")
     run_config = build_config(config, overrides, generator=generator, trainer=trainer, env=env)

@@ -64,8 +64,6 @@ def fake_flattened_encoder(bucket: list[tuple[str, torch.Tensor]], tp_size: int)
     return [data for _ in range(tp_size)]
 
 
-
-
 def reconstruct(data: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
     flat = data["flattened_tensor"]
     return [(m.name, flat[m.start_idx : m.end_idx].view(m.dtype).reshape(m.shape)) for m in data["metadata"]]

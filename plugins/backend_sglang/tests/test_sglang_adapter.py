@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sglang_fake import EOS, VOCAB, FakeBroadcaster, FakeSGLangEngine, fake_flattened_encoder
+
 from rlx.errors import ComponentError
 from rlx.interfaces import Completion, Generator, ModelSpec, SamplingParams
 from rlx_sglang.generator import (
@@ -24,7 +26,6 @@ from rlx_sglang.generator import (
     to_completion,
 )
 from rlx_sglang.plugin import SGLangConfig
-from sglang_fake import EOS, VOCAB, FakeBroadcaster, FakeSGLangEngine, fake_flattened_encoder
 
 MODEL = ModelSpec(path="/models/qwen", dtype="bfloat16", max_seq_len=4096)
 
@@ -181,6 +182,28 @@ def test_update_weights_buckets_are_bounded_and_one_payload_per_tp_rank():
     assert all(float(engine.weights[f"layer{i}.weight"][0, 0]) == i for i in range(5))
 
 
+@pytest.mark.parametrize("weight_sync", ["tensor", "nccl"])
+def test_flattened_buckets_are_split_by_dtype_so_every_view_is_aligned(weight_sync):
+    # 5 bfloat16 values (10 bytes) then float32: in one flat buffer the float32 view would start at an
+    # offset not divisible by 4, which torch (and so sglang's reconstruct_tensors) refuses
+    engine = FakeSGLangEngine()
+    engine.weights.update({"odd": torch.zeros(5, dtype=torch.bfloat16), "norm": torch.zeros(3)})
+    gen = SGLangGenerator(
+        SGLangConfig(weight_sync=weight_sync, nccl_device="cpu"),
+        model=MODEL,
+        seed=0,
+        engine=engine,
+        encode_bucket=fake_flattened_encoder,
+        broadcaster=FakeBroadcaster(engine),
+    )
+    gen.update_weights(iter([("odd", torch.ones(5, dtype=torch.bfloat16)), ("norm", torch.full((3,), 2.0)),
+                             *_new_weights()]))  # fmt: skip
+    assert torch.equal(engine.weights["odd"], torch.ones(5, dtype=torch.bfloat16))
+    assert torch.equal(engine.weights["norm"], torch.full((3,), 2.0))
+    call = "update_weights_from_tensor" if weight_sync == "tensor" else "update_weights_from_distributed"
+    assert len([c for name, c in engine.calls if name == call]) == 2  # bfloat16 part, float32 part
+
+
 def test_update_weights_failure_and_empty_stream_raise():
     gen, engine = make()
     engine.fail_update = "Failed to update parameter online: shape mismatch"
@@ -206,9 +229,14 @@ def test_nccl_path_broadcasts_what_the_engine_expects(weight_format):
     gen.update_weights(iter(_new_weights(8)))  # the group is set up once
     assert broadcaster.inits == [("127.0.0.1", 29555, 3, engine.group["group_name"])]
     assert engine.group["rank_offset"] == 1 and engine.group["world_size"] == 3
-    first = [c for name, c in engine.calls if name == "update_weights_from_distributed"][0]
-    assert first["names"] == ["lm_head.weight", "bias"]
-    assert first["dtypes"] == ["float32", "bfloat16"] and first["shapes"] == [[VOCAB, VOCAB], [3]]
+    calls = [c for name, c in engine.calls if name == "update_weights_from_distributed"]
+    if weight_format == "flattened_bucket":  # one flat buffer per dtype
+        assert [c["names"] for c in calls[:2]] == [["lm_head.weight"], ["bias"]]
+        assert [c["dtypes"] for c in calls[:2]] == [["float32"], ["bfloat16"]]
+        assert [c["shapes"] for c in calls[:2]] == [[[VOCAB, VOCAB]], [[3]]]
+    else:
+        assert calls[0]["names"] == ["lm_head.weight", "bias"] and calls[0]["dtypes"] == ["float32", "bfloat16"]
+        assert calls[0]["shapes"] == [[VOCAB, VOCAB], [3]]
     assert torch.equal(engine.weights["bias"], torch.ones(3, dtype=torch.bfloat16))
     assert torch.equal(engine.weights["lm_head.weight"], _new_weights(8)[0][1])
     assert gen.generate([[1]], SamplingParams(temperature=0.0, max_new_tokens=4)) != before
@@ -292,7 +320,12 @@ def test_engine_kwargs_map_the_config_onto_server_args():
     kwargs = engine_kwargs(custom, MODEL, seed=5)
     assert kwargs["mem_fraction_static"] == 0.4 and kwargs["attention_backend"] == "fa3"
     assert kwargs["sampling_backend"] == "pytorch" and kwargs["disable_cuda_graph"] is True
-    assert (kwargs["tp_size"], kwargs["context_length"], kwargs["dtype"], kwargs["random_seed"]) == (2, 8192, "float16", 9)
+    assert (kwargs["tp_size"], kwargs["context_length"], kwargs["dtype"], kwargs["random_seed"]) == (
+        2,
+        8192,
+        "float16",
+        9,
+    )
 
 
 def test_engine_kwargs_rejects_the_builtin_cpu_model():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from rlx.config import ComponentSection, component_config
 from rlx.errors import ComponentError, ConfigError
 from rlx.plugins import catalog

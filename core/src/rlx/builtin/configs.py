@@ -20,6 +20,9 @@ class HFGeneratorConfig(BaseModel):
     attn_implementation: str | None = Field(
         None, description="transformers attention kernel: sdpa | eager | flash_attention_2 (None: its default)"
     )
+    cache_implementation: str | None = Field(
+        None, description="transformers KV cache: None (dynamic) | static (GPU: lets transformers compile decoding)"
+    )
 
 
 class FSDPTrainerConfig(BaseModel):

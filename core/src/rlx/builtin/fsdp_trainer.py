@@ -41,35 +41,68 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # ------------------------------------------------------------------------------------------ model pieces
 
 
-def _chunk_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    inv_temperature: float,
-    with_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM head + log-softmax on one chunk of tokens.
+class _LMHeadLogprobs(torch.autograd.Function):
+    """LM head + log-softmax on one chunk of tokens, with a hand-written backward.
 
-    hidden: (n, H), targets: (n,) -> (log p(target) (n,) float32, entropy (n,) float32 or empty).
+    Saves only the chunk's hidden states and log-partition (never the (n, V) logits): backward recomputes
+    the logits once and forms d logp / d logits = onehot(target) - softmax directly. Also returns the
+    entropy of each next-token distribution (a metric: no gradient).
+    hidden: (n, H), weight: (V, H), bias: (V,) or None, targets: (n,) int64
+    -> log p(target) (n,) float32, entropy (n,) float32 (empty when not asked for).
     """
-    logits = F.linear(hidden, weight, bias).float() * inv_temperature  # (n, V)
-    log_z = torch.logsumexp(logits, dim=-1)
-    target_logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - log_z
-    if not with_entropy:
-        return target_logprobs, logits.new_empty(0)
-    with torch.no_grad():  # a metric: no gradient through it
-        probs = torch.softmax(logits, dim=-1)
-        entropy = log_z - (probs * logits).sum(-1)
-    return target_logprobs, entropy
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        inv_temperature: float,
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = _scaled_logits(hidden, weight, bias, inv_temperature)  # (n, V) float32
+        log_z = torch.logsumexp(logits, dim=-1)  # (n,)
+        target_logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - log_z
+        entropy = logits.new_empty(0)
+        if with_entropy:  # H = log Z - sum_v p_v * logit_v
+            probs = torch.exp(logits - log_z[:, None])
+            entropy = log_z - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, log_z)
+        ctx.inv_temperature = inv_temperature
+        ctx.mark_non_differentiable(entropy)
+        return target_logprobs, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logprobs: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        hidden, weight, bias, targets, log_z = ctx.saved_tensors
+        # d logp_target / d logit_v = onehot_v - p_v, times inv_temperature for logits / T
+        probs = _scaled_logits(hidden, weight, bias, ctx.inv_temperature).sub_(log_z[:, None]).exp_()
+        scale = grad_logprobs.to(probs.dtype) * ctx.inv_temperature  # (n,)
+        grad_logits = probs.mul_(-scale[:, None])
+        grad_logits.scatter_add_(1, targets[:, None], scale[:, None])
+        grad_logits = grad_logits.to(hidden.dtype)  # (n, V)
+        grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad_logits.t() @ hidden if ctx.needs_input_grad[1] else None
+        grad_bias = grad_logits.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _scaled_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inv_temperature: float
+) -> torch.Tensor:
+    """(n, H) -> (n, V) float32 logits / temperature (matmul in the compute dtype, softmax math in fp32)."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits if inv_temperature == 1.0 else logits.mul_(inv_temperature)
 
 
 class PolicyLogprobs(nn.Module):
     """The FSDP root: HF decoder, then the LM head applied chunk by chunk over tokens.
 
     Wrapping the whole computation in one root `forward` lets FSDP2's root hooks gather (and reduce the
-    gradients of) the embeddings, final norm and LM head around it. In training, each chunk is
-    recomputed in backward, so at most one chunk of (tokens, vocab) logits is alive at a time.
+    gradients of) the embeddings, final norm and LM head around it. Each chunk's logits are freed after
+    its forward and recomputed in backward, so at most one chunk of (tokens, vocab) logits is alive.
     """
 
     def __init__(self, hf_model: nn.Module, chunk_tokens: int) -> None:
@@ -78,10 +111,15 @@ class PolicyLogprobs(nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float, with_entropy: bool
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        temperature: float,
+        with_entropy: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids, attention_mask: (b, T) -> logprobs (b, T) float32 aligned to input_ids (column 0 is 0),
-        entropy (b, T) float32 (or None) of the next-token distribution that predicted each token."""
+        entropy (b, T) float32 (or None) of the next-token distribution that predicted each token.
+        attention_mask None means plain causal attention (exact for right-padded rows, see `_attention_mask`)."""
         decoder = getattr(self.hf, self.hf.base_model_prefix)
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         b, t, h = hidden.shape
@@ -98,10 +136,7 @@ class PolicyLogprobs(nn.Module):
                 1.0 / temperature,
                 with_entropy,
             )
-            if torch.is_grad_enabled():
-                lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
-            else:
-                lp, ent = _chunk_logprobs(*args)
+            lp, ent = _LMHeadLogprobs.apply(*args)
             logprob_chunks.append(lp)
             entropy_chunks.append(ent)
         logprobs = F.pad(torch.cat(logprob_chunks).view(b, t - 1), (1, 0))
@@ -165,6 +200,18 @@ def _padding_batch(batch: TokenBatch, rows: int) -> TokenBatch:
     return type(batch)(**values)
 
 
+def _attention_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """None (plain causal attention) when every row is right-padded, else `mask`.
+
+    With causal attention a real token never sees the pad tokens to its right, so for right-padded rows
+    the padding mask changes nothing that is scored, and without it SDPA can use its flash kernel.
+    mask: (b, T) on CPU.
+    """
+    lengths = mask.sum(-1, keepdim=True)
+    right_padded = torch.equal(mask.bool(), torch.arange(mask.shape[1])[None, :] < lengths)
+    return None if right_padded else mask
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -194,9 +241,7 @@ class FSDPTrainer:
     temperature the old log-probabilities were computed at; default 1.0).
     """
 
-    def __init__(
-        self, config: FSDPTrainerConfig, *, model: ModelSpec, seed: int, with_reference: bool = False
-    ) -> None:
+    def __init__(self, config: FSDPTrainerConfig, *, model: ModelSpec, seed: int, with_reference: bool = False) -> None:
         self.config = config
         self.spec = model
         self._owns_group = not dist.is_initialized()
@@ -290,22 +335,26 @@ class FSDPTrainer:
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return int(count.item())
 
-    def _micro_batches(self, batch: TokenBatch) -> Iterator[tuple[TokenBatch, int]]:
-        """(micro-batch on device trimmed to its longest sequence, real rows in it); padding ones at the end."""
+    def _micro_batches(self, batch: TokenBatch) -> Iterator[tuple[TokenBatch, torch.Tensor | None, int]]:
+        """(micro-batch on device trimmed to its longest sequence, the attention mask to use, real rows in
+        it); the padding micro-batches, if any, come last."""
         size = self.config.micro_batch_size
         for index in range(self._num_micro_batches(len(batch))):
             start = index * size
             real = max(0, min(size, len(batch) - start))
             micro = _take_rows(batch, slice(start, start + real)) if real else _padding_batch(batch, 1)
-            # right-padded: columns past the longest sequence only cost compute
-            width = max(int(micro.attention_mask.sum(-1).max().item()), 2)
+            # columns past the last attended token of every row only cost compute
+            attention_mask = micro.attention_mask.cpu()
+            last = (attention_mask.bool() * torch.arange(1, attention_mask.shape[1] + 1)).max()
+            width = max(int(last), 2)
+            mask = _attention_mask(attention_mask[:, :width])
             values = {
                 f.name: (v[:, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 else v)
                 for f in dataclasses.fields(micro)
                 for v in [getattr(micro, f.name)]
             }
             values = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
-            yield type(micro)(**values), real
+            yield type(micro)(**values), (None if mask is None else mask.to(self.device)), real
 
     def _hf(self, root: nn.Module) -> nn.Module:
         return root.hf  # type: ignore[return-value]
@@ -322,16 +371,14 @@ class FSDPTrainer:
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         start = 0
         with torch.no_grad():
-            for micro, real in self._micro_batches(batch):
-                logprobs, _ = model(micro.input_ids, micro.attention_mask, temperature, False)
+            for micro, mask, real in self._micro_batches(batch):
+                logprobs, _ = model(micro.input_ids, mask, temperature, False)
                 if real:
                     out[start : start + real, : logprobs.shape[1]] = logprobs[:real].float().cpu()
                     start += real
         return out * batch.completion_mask.to(torch.float32)
 
-    def train_step(
-        self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0
-    ) -> dict[str, float]:
+    def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One AdamW step on `batch`; returns loss, grad_norm, lr, entropy and loss_fn's metrics, each
         summed over micro-batches and ranks (so loss_weights-weighted means)."""
         if batch.loss_weights is None:
@@ -343,12 +390,14 @@ class FSDPTrainer:
             value = value.detach().to(torch.float64)
             sums[name] = sums[name] + value if name in sums else value
 
-        for micro, _ in self._micro_batches(batch):
+        for micro, mask, _ in self._micro_batches(batch):
             assert isinstance(micro, TrainBatch) and micro.loss_weights is not None
-            new_logprobs, entropy = self.policy(micro.input_ids, micro.attention_mask, temperature, True)
+            new_logprobs, entropy = self.policy(micro.input_ids, mask, temperature, True)
             # zero outside the completion, like `logprobs()`; the loss only sees what it should
             new_logprobs = new_logprobs * micro.completion_mask.to(new_logprobs.dtype)
             loss, metrics = loss_fn(new_logprobs, micro)
+            if not loss.requires_grad:  # e.g. nothing to learn from here: still run backward (collectives)
+                loss = loss + 0.0 * new_logprobs.sum()
             loss.backward()
             add("loss", loss)
             add("entropy", (entropy * micro.loss_weights).sum())

@@ -103,7 +103,9 @@ class HFGenerator:
         self.eos_token_ids, self.pad_token_id = self._special_ids()
         # The model's own generation_config (e.g. temperature 0.6, repetition penalty) must not leak into
         # sampling: every setting comes from SamplingParams.
-        self.model.generation_config = GenerationConfig(eos_token_id=list(self.eos_token_ids), pad_token_id=self.pad_token_id)
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=list(self.eos_token_ids), pad_token_id=self.pad_token_id
+        )
         # Calls without params.seed draw their seed from this stream: a run is reproducible from `seed`,
         # and the process-global RNG (the trainer's, when colocated) is left untouched.
         self._seed_stream = torch.Generator().manual_seed(seed)
@@ -115,7 +117,9 @@ class HFGenerator:
             eos.extend([value] if isinstance(value, int) else list(value or ()))
         pad = self.model.generation_config.pad_token_id or self.model.config.pad_token_id
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.spec.tokenizer_path, trust_remote_code=self.spec.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.spec.tokenizer_path, trust_remote_code=self.spec.trust_remote_code
+            )
         except (OSError, ValueError):  # a folder without tokenizer files: generation from ids still works
             tokenizer = None
         if tokenizer is not None:
@@ -124,7 +128,9 @@ class HFGenerator:
             if pad is None:
                 pad = tokenizer.pad_token_id
         if not eos:
-            raise ValueError(f"model '{self.spec.path}' declares no eos_token_id (config, generation_config or tokenizer)")
+            raise ValueError(
+                f"model '{self.spec.path}' declares no eos_token_id (config, generation_config or tokenizer)"
+            )
         eos_ids = tuple(dict.fromkeys(eos))
         return eos_ids, eos_ids[0] if pad is None else int(pad)
 
@@ -146,13 +152,15 @@ class HFGenerator:
                 torch.cuda.default_generators[cuda[0]].manual_seed(seed)
             for start in range(0, len(rows), self.config.batch_size):
                 batch = [i for _, i in rows[start : start + self.config.batch_size]]
-                for i, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
+                for i, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params), strict=True):
                     results[i].append(completion)
         return results
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         if params.n < 1 or params.max_new_tokens < 1:
-            raise ValueError(f"n and max_new_tokens must be >= 1, got n={params.n}, max_new_tokens={params.max_new_tokens}")
+            raise ValueError(
+                f"n and max_new_tokens must be >= 1, got n={params.n}, max_new_tokens={params.max_new_tokens}"
+            )
         if params.temperature < 0 or not 0 < params.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {params.temperature}, {params.top_p}")
         for i, prompt in enumerate(prompts):
@@ -170,7 +178,9 @@ class HFGenerator:
         stop_ids = tuple(dict.fromkeys((*self.eos_token_ids, *params.stop_token_ids)))
         recorder = _SampleAndRecord(1.0 if greedy else params.temperature, params.top_k, params.top_p)
         # temperature, top_k and top_p are applied by `recorder`: HF's own warpers stay off
-        sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if not greedy else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if not greedy else {"do_sample": False}
+        )
         generation_config = GenerationConfig(
             **sampling,
             max_new_tokens=params.max_new_tokens,
@@ -178,6 +188,7 @@ class HFGenerator:
             eos_token_id=list(stop_ids),
             pad_token_id=self.pad_token_id,
             use_cache=True,
+            cache_implementation=self.config.cache_implementation,
             return_dict_in_generate=False,
         )
         sequences = self.model.generate(

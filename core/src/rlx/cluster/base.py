@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rlx.errors import RlxError
-from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, Trainer, TrainBatch
+from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch, Trainer
 
 
 class TrainerWorkerError(RlxError):
@@ -65,9 +65,7 @@ class TrainerWorker:
     process boundaries (pipes, Ray's object store).
     """
 
-    def __init__(
-        self, factory: str, config: Any, *, model: ModelSpec, seed: int, with_reference: bool
-    ) -> None:
+    def __init__(self, factory: str, config: Any, *, model: ModelSpec, seed: int, with_reference: bool) -> None:
         self.factory = factory
         self.config = config
         self.model = model
@@ -114,9 +112,10 @@ class TrainerWorker:
         return self._trainer().train_step(batch, loss_fn, temperature=temperature)  # type: ignore[call-arg]
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every rank must run this to the end (the gathers are collective); rank 0's items are the data."""
+        """Every rank must run this to the end (the gathers are collective); rank 0's items are the data
+        (copied to CPU to cross the process boundary; the other ranks' are left where they are)."""
         for name, tensor in self._trainer().named_weights():
-            yield name, tensor.detach().cpu()
+            yield name, (tensor.detach().cpu() if self.rank == 0 else tensor)
 
     def save_checkpoint(self, path: str) -> None:
         self._trainer().save_checkpoint(path)

@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, load_factory, split_rows
-from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, Trainer, TrainBatch
+from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch, Trainer
 
 # messages worker -> driver: (rank, kind, call, payload); kind is "ok" | "error" | "item"
 _OK, _ERROR, _ITEM = "ok", "error", "item"

@@ -17,6 +17,12 @@ from rlx.testing.reference import ReferenceKind, available_reference, greedy_mar
 
 MakeGenerator = Callable[[ModelSpec], Generator]
 
+# top-k/top-p change what is sampled but not the logprobs reported: those are before filtering.
+_LOGPROB_CASES = {
+    "t0.7-topk20-topp0.9": SamplingParams(n=4, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12, seed=3),
+    "t1.3": SamplingParams(n=2, temperature=1.3, max_new_tokens=12, seed=4),
+    "greedy": SamplingParams(n=1, temperature=0.0, max_new_tokens=12),
+}
 _QUESTIONS = ("What is 12 + 7?", "Compute 3 * 4 - 5.", "What is 81 / 9? Put the answer in \\boxed{}.")
 
 
@@ -29,7 +35,7 @@ def _tokens(result: list[list[Completion]]) -> list[list[tuple[int, ...]]]:
 
 
 def _pairs(prompts: Sequence[Sequence[int]], result: list[list[Completion]]) -> list[tuple[list[int], list[int]]]:
-    return [(list(p), list(c.token_ids)) for p, per_prompt in zip(prompts, result) for c in per_prompt]
+    return [(list(p), list(c.token_ids)) for p, per_prompt in zip(prompts, result, strict=True) for c in per_prompt]
 
 
 class GeneratorConformance:
@@ -101,7 +107,9 @@ class GeneratorConformance:
     def _assert_greedy_follows(self, model_dir: str, prompts: list[list[int]], result: list[list[Completion]]) -> None:
         """Every greedy token is the argmax of `model_dir`'s plain HF model (teacher-forced on the generator's
         own tokens, so one near-tie cannot derail the rest), up to `greedy_tolerance`."""
-        for (prompt, completion), margins in zip(_pairs(prompts, result), greedy_margins(model_dir, _pairs(prompts, result))):
+        for (prompt, completion), margins in zip(
+            _pairs(prompts, result), greedy_margins(model_dir, _pairs(prompts, result)), strict=True
+        ):
             worst = max(margins)
             assert worst <= self.greedy_tolerance, (
                 f"greedy token is not the argmax of {model_dir}: it trails by {worst:.4g} nats "
@@ -205,36 +213,39 @@ class GeneratorConformance:
 
     # ------------------------------------------------------------------------------------ logprobs
 
-    @pytest.mark.parametrize(
-        "params",
-        [
-            SamplingParams(n=4, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12, seed=3),
-            SamplingParams(n=2, temperature=1.3, max_new_tokens=12, seed=4),
-            SamplingParams(n=1, temperature=0.0, max_new_tokens=12),
-        ],
-        ids=["t0.7-topk20-topp0.9", "t1.3", "greedy"],
-    )
+    @pytest.fixture(scope="class")
+    def logprob_cases(
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> dict[str, tuple[list[list[Completion]], list[list[float]]]]:
+        """Generator completions and reference logprobs for each case in _LOGPROB_CASES (one reference run)."""
+        results = {name: generator.generate(prompts, params) for name, params in _LOGPROB_CASES.items()}
+        jobs = [
+            (_pairs(prompts, results[name]), params.temperature if params.temperature > 0 else 1.0)
+            for name, params in _LOGPROB_CASES.items()
+        ]
+        expected = reference_logprobs(self._reference_kind(), tiny_models.base, jobs)
+        return {name: (results[name], refs) for name, refs in zip(_LOGPROB_CASES, expected, strict=True)}
+
+    @pytest.mark.parametrize("case", list(_LOGPROB_CASES))
     def test_logprobs_match_reference(
-        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels, params: SamplingParams
+        self, case: str, logprob_cases: dict[str, tuple[list[list[Completion]], list[list[float]]]]
     ) -> None:
         """Generator logprobs equal the reference's on softmax(logits / T) before top-k/top-p (T=1 for greedy).
 
         Tolerance: mean over tokens of exp(|delta|) < logprob_mismatch_tolerance (1.01: ~1% average
         probability ratio error) and max |delta| < logprob_max_abs_diff (0.05 nats).
         """
-        kind = self._reference_kind()
-        result = generator.generate(prompts, params)
-        pairs = _pairs(prompts, result)
-        temperature = params.temperature if params.temperature > 0 else 1.0
-        expected = reference_logprobs(kind, tiny_models.base, pairs, temperature)
+        result, expected = logprob_cases[case]
+        completions = [c for per_prompt in result for c in per_prompt]
+        assert [len(r) for r in expected] == [len(c.token_ids) for c in completions]
         deltas = [
             abs(got - want)
-            for per_prompt, refs in zip([c for r in result for c in r], expected)
-            for got, want in zip(per_prompt.logprobs, refs)
+            for c, refs in zip(completions, expected, strict=True)
+            for got, want in zip(c.logprobs, refs, strict=True)
         ]
-        assert len(deltas) == sum(len(c) for _, c in pairs)
         mismatch = sum(math.exp(d) for d in deltas) / len(deltas)
-        print(f"logprob reference: {kind}; mean exp|delta| = {mismatch:.6f}; max |delta| = {max(deltas):.3g}")
+        kind = self._reference_kind()
+        print(f"[{case}] logprob reference: {kind}; mean exp|delta| = {mismatch:.6f}; max |delta| = {max(deltas):.3g}")
         assert mismatch < self.logprob_mismatch_tolerance, f"mean exp|delta| {mismatch:.4f} vs {kind} reference"
         assert max(deltas) < self.logprob_max_abs_diff, f"max |delta| {max(deltas):.4f} vs {kind} reference"
 

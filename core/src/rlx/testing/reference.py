@@ -23,7 +23,7 @@ ReferenceKind = Literal["trainer", "transformers"]
 
 
 def available_reference() -> ReferenceKind:
-    """"trainer" when the builtin fsdp trainer can be imported here, else "transformers"."""
+    """ "trainer" when the builtin fsdp trainer can be imported here, else "transformers"."""
     return "trainer" if importlib.util.find_spec("rlx.builtin.fsdp_trainer") is not None else "transformers"
 
 
@@ -77,12 +77,13 @@ def greedy_margins(model_dir: str, sequences: Sequences) -> list[list[float]]:
     return _split(margins, sequences)
 
 
-def trainer_logprobs(model_dir: str, sequences: Sequences, temperature: float = 1.0) -> list[list[float]]:
-    """The fsdp trainer's `logprobs` (fp32, CPU, one rank) on the same sequences, computed in a subprocess."""
+def trainer_logprobs(model_dir: str, jobs: Sequence[tuple[Sequences, float]]) -> list[list[list[float]]]:
+    """The fsdp trainer's `logprobs` (fp32, CPU, one rank) for each (sequences, temperature) job, computed in
+    one subprocess (building the trainer costs seconds; do all jobs at once)."""
     with tempfile.TemporaryDirectory(prefix="rlx-reference-") as tmp:
         request, answer = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
         with open(request, "w") as f:
-            json.dump({"model_dir": model_dir, "temperature": temperature, "sequences": sequences}, f)
+            json.dump({"model_dir": model_dir, "jobs": [[list(s), t] for s, t in jobs]}, f)
         done = subprocess.run(
             [sys.executable, "-m", "rlx.testing.reference", request, answer],
             capture_output=True,
@@ -96,11 +97,12 @@ def trainer_logprobs(model_dir: str, sequences: Sequences, temperature: float = 
 
 
 def reference_logprobs(
-    kind: ReferenceKind, model_dir: str, sequences: Sequences, temperature: float = 1.0
-) -> list[list[float]]:
+    kind: ReferenceKind, model_dir: str, jobs: Sequence[tuple[Sequences, float]]
+) -> list[list[list[float]]]:
+    """Per job (sequences, temperature): per sequence, the reference logprob of each completion token."""
     if kind == "trainer":
-        return trainer_logprobs(model_dir, sequences, temperature)
-    return transformers_logprobs(model_dir, sequences, temperature)
+        return trainer_logprobs(model_dir, jobs)
+    return [transformers_logprobs(model_dir, sequences, temperature) for sequences, temperature in jobs]
 
 
 def _trainer_main(request: str, answer: str) -> None:
@@ -110,16 +112,18 @@ def _trainer_main(request: str, answer: str) -> None:
 
     with open(request) as f:
         job = json.load(f)
-    sequences = [(p, c) for p, c in job["sequences"]]
     config = FSDPTrainerConfig(device="cpu", dtype="float32", micro_batch_size=16)
     trainer = FSDPTrainer(config, model=ModelSpec(job["model_dir"], dtype="float32"), seed=0, with_reference=False)
+    results = []
     try:
-        batch = TokenBatch(*_right_padded(sequences))
-        out = trainer.logprobs(batch, temperature=job["temperature"])  # (B, T)
+        for raw, temperature in job["jobs"]:
+            sequences = [(p, c) for p, c in raw]
+            out = trainer.logprobs(TokenBatch(*_right_padded(sequences)), temperature=temperature)  # (B, T)
+            results.append(_split(out, sequences))
     finally:
         trainer.close()
     with open(answer, "w") as f:
-        json.dump(_split(out, sequences), f)
+        json.dump(results, f)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rlx.errors import ComponentError
 from rlx.interfaces import Completion, FinishReason, ModelSpec, NamedTensors, SamplingParams
 from rlx.weights import iter_buckets
-
 from rlx_sglang.plugin import INSTALL_HINT, SGLangConfig
 
 if TYPE_CHECKING:
@@ -191,6 +190,16 @@ def sglang_flattened_payload(bucket: Bucket, tp_size: int) -> list[Any]:
     return [MultiprocessingSerializer.serialize(data, output_str=True) for _ in range(tp_size)]
 
 
+def split_by_dtype(bucket: Bucket) -> list[Bucket]:
+    """One sub-bucket per dtype, order kept within each: sglang views each tensor out of the flat uint8 buffer
+    at its byte offset, which fails when a tensor of a wider dtype starts at an unaligned offset (e.g. float32
+    after 5 bfloat16 values); a single-dtype bucket is always aligned."""
+    groups: dict[Any, Bucket] = {}
+    for name, tensor in bucket:
+        groups.setdefault(tensor.dtype, []).append((name, tensor))
+    return list(groups.values())
+
+
 def flatten_for_broadcast(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """(sum of bytes,) uint8: the same layout sglang's FlattenedTensorBucket builds on the receiving side."""
     import torch
@@ -240,9 +249,12 @@ class TorchNcclBroadcaster:
         )
 
     def broadcast(self, tensor: torch.Tensor) -> None:
+        import torch
         import torch.distributed as dist
 
-        dist.broadcast(tensor, src=0, group=self._group)
+        # the current CUDA device is per thread, and each bucket is sent from a fresh thread
+        with torch.cuda.device(tensor.device):
+            dist.broadcast(tensor, src=0, group=self._group)
 
     def close(self) -> None:
         if self._group is not None:
@@ -361,19 +373,25 @@ class SGLangGenerator:
 
     def _send_tensors(self, bucket: Bucket) -> None:
         if self.config.weight_format == "flattened_bucket":
-            payload = self._encode_bucket(bucket, self.config.tp_size)
-            result = self._engine.update_weights_from_tensor(
-                named_tensors=payload, load_format="flattened_bucket", flush_cache=False
-            )
+            for part in split_by_dtype(bucket):
+                payload = self._encode_bucket(part, self.config.tp_size)
+                result = self._engine.update_weights_from_tensor(
+                    named_tensors=payload, load_format="flattened_bucket", flush_cache=False
+                )
+                _check_result(result, "update_weights_from_tensor")
         else:
             result = self._engine.update_weights_from_tensor(named_tensors=bucket, flush_cache=False)
-        _check_result(result, "update_weights_from_tensor")
+            _check_result(result, "update_weights_from_tensor")
 
     def _send_nccl(self, bucket: Bucket) -> None:
+        flattened = self.config.weight_format == "flattened_bucket"
+        for part in split_by_dtype(bucket) if flattened else [bucket]:
+            self._broadcast_part(part, flattened)
+
+    def _broadcast_part(self, bucket: Bucket, flattened: bool) -> None:
         broadcaster = self._ensure_nccl_group()
         device = self.config.nccl_device
-        tensors = [tensor.to(device) for _, tensor in bucket]  # NCCL sends from this process's GPU
-        flattened = self.config.weight_format == "flattened_bucket"
+        tensors = [tensor.to(device).contiguous() for _, tensor in bucket]  # NCCL sends contiguous GPU memory
         to_send = [flatten_for_broadcast(tensors)] if flattened else tensors
 
         def send() -> None:

@@ -25,9 +25,13 @@ class SGLangConfig(BaseModel):
         None, gt=0, lt=1, description="GPU memory fraction for weights + KV cache (None: sglang decides)"
     )
     tp_size: int = Field(1, gt=0, description="tensor-parallel GPUs per engine")
-    context_length: int | None = Field(None, gt=0, description="max prompt + completion tokens (default: model.max_seq_len)")
+    context_length: int | None = Field(
+        None, gt=0, description="max prompt + completion tokens (default: model.max_seq_len)"
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: model.dtype")
-    attention_backend: str | None = Field(None, description="e.g. flashinfer | fa3 | triton | torch_native (None: sglang decides)")
+    attention_backend: str | None = Field(
+        None, description="e.g. flashinfer | fa3 | triton | torch_native (None: sglang decides)"
+    )
     sampling_backend: Literal["flashinfer", "pytorch"] | None = None
     seed: int | None = Field(None, description="engine random seed (default: the run seed)")
     base_gpu_id: int = Field(0, ge=0, description="first GPU the engine uses")

@@ -12,12 +12,14 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rlx.errors import ConfigError
 from rlx.interfaces import Completion, ModelSpec, NamedTensors, SamplingParams
 from rlx.weights import iter_buckets, tensor_bytes
 from rlx_vllm.plugin import VLLMConfig
+from rlx_vllm.worker_ext import BucketMetadata, pack_bucket
 
 if TYPE_CHECKING:
     import torch
@@ -125,14 +127,19 @@ class VLLMGenerator:
         """For each prompt, `params.n` completions (stop token kept, logprobs under softmax(logits / T))."""
         self._check(prompts, params)
         self._ensure_awake()
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], self.sampling_params(params), use_tqdm=False
-        )
-        return [[to_completion(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        if not prompts:
+            return []
+        # vLLM refuses n > 1 with greedy decoding; greedy samples are all the same, so decode once and repeat.
+        copies = params.n if params.temperature == 0 else 1
+        engine_params = self.sampling_params(replace(params, n=1) if copies > 1 else params)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], engine_params, use_tqdm=False)
+        return [[to_completion(c) for c in sorted(out.outputs, key=lambda c: c.index)] * copies for out in outputs]
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         if params.n < 1 or params.max_new_tokens < 1:
-            raise ValueError(f"n and max_new_tokens must be >= 1, got n={params.n}, max_new_tokens={params.max_new_tokens}")
+            raise ValueError(
+                f"n and max_new_tokens must be >= 1, got n={params.n}, max_new_tokens={params.max_new_tokens}"
+            )
         if params.temperature < 0 or not 0 < params.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {params.temperature}, {params.top_p}")
         for i, prompt in enumerate(prompts):
@@ -163,8 +170,9 @@ class VLLMGenerator:
         else:
             self.llm.collective_rpc("rlx_begin_reload")
             for bucket in buckets:
-                # Worker processes receive a pickled copy: send host tensors (device memory can't travel).
-                self.llm.collective_rpc("rlx_load_bucket", args=([(n, t.detach().cpu()) for n, t in bucket],))
+                # Packed as bytes + metadata: what vLLM's message encoding carries to worker processes.
+                metadata, flat = pack_bucket(bucket)
+                self.llm.collective_rpc("rlx_load_bucket", args=(metadata, flat.cpu().numpy().tobytes()))
             self.llm.collective_rpc("rlx_finish_reload")
         # Cached prefixes hold KV computed with the old weights.
         self.llm.reset_prefix_cache()
@@ -201,7 +209,7 @@ class VLLMGenerator:
             self._wake(["weights"])
         self.llm.collective_rpc("rlx_begin_reload")
 
-    def receive_bucket(self, metadata: list[tuple[str, str, tuple[int, ...]]]) -> Future[Any]:
+    def receive_bucket(self, metadata: BucketMetadata) -> Future[Any]:
         return self._async_rpc("rlx_receive_bucket", metadata)
 
     def finish_broadcast_update(self) -> None:
@@ -269,7 +277,7 @@ def to_completion(output: Any) -> Completion:
             f"vLLM returned {0 if output.logprobs is None else len(output.logprobs)} logprob entries for "
             f"{len(token_ids)} tokens"
         )
-    logprobs = tuple(float(position[token].logprob) for position, token in zip(output.logprobs, token_ids))
+    logprobs = tuple(float(position[token].logprob) for position, token in zip(output.logprobs, token_ids, strict=True))
     reason = output.finish_reason
     if reason not in ("stop", "length"):
         raise RuntimeError(f"vLLM finished a completion with reason {reason!r} (expected 'stop' or 'length')")

@@ -51,11 +51,18 @@ class RlxWorkerExtension:
 
         self._with_config(lambda: initialize_layerwise_reload(self.model_runner.get_model()))
 
-    def rlx_load_bucket(self, bucket: NamedTensorList) -> int:
-        """Load one bucket (between begin and finish); a layer may span several buckets."""
-        moved = [(name, tensor.to(self.device, non_blocking=True)) for name, tensor in bucket]
-        self._with_config(lambda: self.model_runner.get_model().load_weights(moved))
-        return len(moved)
+    def rlx_load_bucket(self, metadata: list[tuple[str, str, list[int]]], payload: bytes) -> int:
+        """Load one packed bucket (between begin and finish); a layer may span several buckets.
+
+        The bucket arrives as plain bytes + (name, dtype, shape) metadata: that is what survives vLLM's
+        message encoding between processes (nested tensors do not).
+        """
+        flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        return self._load(unpack_bucket(metadata, flat.to(self.device)))
+
+    def _load(self, bucket: NamedTensorList) -> int:
+        self._with_config(lambda: self.model_runner.get_model().load_weights(bucket))
+        return len(bucket)
 
     def rlx_finish_reload(self) -> None:
         """Process the layers still pending (attention, padded layers) and drop caches tied to old weights."""
@@ -80,20 +87,15 @@ class RlxWorkerExtension:
         group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
         self._rlx_comm = PyNcclCommunicator(group, device=self.device)
 
-    def rlx_receive_bucket(self, metadata: list[tuple[str, str, tuple[int, ...]]]) -> int:
+    def rlx_receive_bucket(self, metadata: list[tuple[str, str, list[int]]]) -> int:
         """Receive one bucket broadcast from rank 0 as one flat byte buffer, then load it.
 
         metadata: (name, dtype name, shape) per tensor, in the order they were packed.
         """
-        sizes = [torch.Size(shape).numel() * _dtype(dtype).itemsize for _, dtype, shape in metadata]
-        flat = torch.empty(sum(sizes), dtype=torch.uint8, device=self.device)
+        flat = torch.empty(packed_size(metadata), dtype=torch.uint8, device=self.device)
         self._rlx_comm.broadcast(flat, src=0, stream=torch.cuda.current_stream())
         torch.cuda.current_stream().synchronize()
-        bucket, offset = [], 0
-        for (name, dtype, shape), size in zip(metadata, sizes):
-            bucket.append((name, flat[offset : offset + size].view(_dtype(dtype)).view(shape)))
-            offset += size
-        return self.rlx_load_bucket(bucket)
+        return self._load(unpack_bucket(metadata, flat))
 
     # ---------------------------------------------------------------------------------- logprobs
 
@@ -129,6 +131,52 @@ class RlxWorkerExtension:
 
         with set_current_vllm_config(self.vllm_config), torch.no_grad():
             return fn()
+
+
+BucketMetadata = list[tuple[str, str, list[int]]]
+
+
+# Each tensor starts at a multiple of this many bytes, so its view keeps its dtype's alignment (up to 16 bytes).
+ALIGN_BYTES = 16
+
+
+def pack_bucket(bucket: Iterable[tuple[str, torch.Tensor]]) -> tuple[BucketMetadata, torch.Tensor]:
+    """(name, tensor) pairs -> (name, dtype, shape) metadata and one flat uint8 tensor (on the tensors' device)."""
+    bucket = list(bucket)
+    parts = []
+    for _, tensor in bucket:
+        data = tensor.detach().contiguous().view(-1).view(torch.uint8)
+        parts.append(data)
+        if data.numel() % ALIGN_BYTES:
+            parts.append(data.new_zeros(ALIGN_BYTES - data.numel() % ALIGN_BYTES))
+    return bucket_metadata(bucket), torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+
+
+def bucket_metadata(bucket: Iterable[tuple[str, torch.Tensor]]) -> BucketMetadata:
+    """(name, dtype name, shape) per tensor: plain values that any RPC layer can carry."""
+    return [(name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)) for name, tensor in bucket]
+
+
+def _segment(dtype: str, shape: list[int]) -> tuple[int, int]:
+    """(bytes of the tensor, bytes it occupies in a packed bucket, padding included)."""
+    size = torch.Size(shape).numel() * _dtype(dtype).itemsize
+    return size, -(-size // ALIGN_BYTES) * ALIGN_BYTES
+
+
+def packed_size(metadata: BucketMetadata) -> int:
+    return sum(_segment(dtype, shape)[1] for _, dtype, shape in metadata)
+
+
+def unpack_bucket(metadata: BucketMetadata, flat: torch.Tensor) -> NamedTensorList:
+    """Views into `flat` (uint8, packed by `pack_bucket`), one per tensor: no copy."""
+    if flat.numel() != packed_size(metadata):
+        raise ValueError(f"bucket has {flat.numel()} bytes, its metadata describes {packed_size(metadata)}")
+    bucket, offset = [], 0
+    for name, dtype, shape in metadata:
+        size, padded = _segment(dtype, shape)
+        bucket.append((name, flat[offset : offset + size].view(_dtype(dtype)).view(shape)))
+        offset += padded
+    return bucket
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -100,22 +100,23 @@ def is_local(source: str) -> bool:
     return source.endswith(LOCAL_SUFFIXES) or Path(source).expanduser().exists()
 
 
-def _iter_rows(source: str, split: str, report: LoadReport) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+def _iter_rows(source: str, split: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """(row number, row or None, why it is None) for each row of a hub dataset or local file."""
     import datasets
 
-    if not is_local(source):
+    path = Path(source).expanduser()
+    if not is_local(source) or path.is_dir():
+        # a hub id, or a local copy of a hub dataset (a folder holding its files)
         try:
-            dataset = datasets.load_dataset(source, split=split)
+            dataset = datasets.load_dataset(str(path) if path.is_dir() else source, split=split)
         except Exception as exc:
             raise MathDataError(
-                f"cannot load hub dataset '{source}' (split '{split}'): {type(exc).__name__}: {exc}. "
-                "Without hub access, pass a local .jsonl or .parquet file instead."
+                f"cannot load {'dataset folder' if path.is_dir() else 'hub dataset'} '{source}' (split '{split}'): "
+                f"{type(exc).__name__}: {exc}. Without hub access, pass a local .jsonl or .parquet file instead."
             ) from exc
         for number, row in enumerate(dataset):
             yield number, row, ""
         return
-    path = Path(source).expanduser()
     if not path.is_file():
         raise MathDataError(f"data file not found: {source}")
     if path.suffix == ".parquet":
@@ -176,7 +177,7 @@ def load_problems(
     report = LoadReport(source=source)
     problems: list[Problem] = []
     checked_columns = False
-    for number, row, why in _iter_rows(source, split, report):
+    for number, row, why in _iter_rows(source, split):
         report.rows += 1
         if row is not None and not checked_columns:
             missing = [name for name in (problem_field, answer_field) if name not in row]

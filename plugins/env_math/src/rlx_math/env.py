@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from rlx.interfaces import Problem, Score, ScoreStatus, Split
 from rlx_math import toy
 from rlx_math.data import LoadReport, PromptTemplate, builtin_template, load_problems, load_template
-from rlx_math.grading import GradeOptions
+from rlx_math.grading import GradeOptions, answer_key
 from rlx_math.plugin import DATASET_ALIASES, MathEnvConfig
 from rlx_math.pool import VerifierPool
 
@@ -26,6 +27,15 @@ class AllGradingFailedWarning(RuntimeWarning):
     """Every completion of a batch scored 0 because nothing could be graded (not because it was wrong)."""
 
 
+MAX_DEFAULT_WORKERS = 16  # each verifier process holds sympy and antlr (~70 MB); GPU nodes have 100+ cores
+
+
+def default_num_workers() -> int:
+    """CPUs this process may run on (its affinity mask, not the whole machine), at most MAX_DEFAULT_WORKERS."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(available, MAX_DEFAULT_WORKERS))
+
+
 class MathEnvironment:
     """Implements `rlx.interfaces.Environment`. Built as `MathEnvironment(config, seed=...)`."""
 
@@ -35,7 +45,10 @@ class MathEnvironment:
         self._problems: dict[Split, list[Problem]] = {}
         self.reports: dict[Split, LoadReport] = {}
         self.counts: Counter[ScoreStatus] = Counter()  # every status ever returned by `score`
-        workers = config.num_workers if config.num_workers is not None else (os.cpu_count() or 1)
+        self._lock = threading.Lock()  # the pool serves one batch at a time
+        # a wrong template path fails now, before any model is loaded, not at the first problems() call
+        self._custom_template = load_template(config.prompt_template) if config.prompt_template else None
+        workers = config.num_workers if config.num_workers is not None else default_num_workers()
         self.pool = VerifierPool(
             workers,
             GradeOptions(
@@ -58,8 +71,8 @@ class MathEnvironment:
         return self._problems[split]
 
     def _template(self, source: str) -> PromptTemplate:
-        if self.config.prompt_template:
-            return load_template(self.config.prompt_template)
+        if self._custom_template is not None:
+            return self._custom_template
         return builtin_template("toy" if source == "toy" else "deepscaler")
 
     def _load(self, split: Split) -> list[Problem]:
@@ -113,16 +126,27 @@ class MathEnvironment:
         """Reward 1.0 if completions[i] answers problems[i] correctly (math-verify), else 0.0, with a status."""
         if len(problems) != len(completions):
             raise ValueError(f"score: {len(problems)} problems but {len(completions)} completions")
-        pairs = [(p.answer, c if isinstance(c, str) else "") for p, c in zip(problems, completions, strict=True)]
-        # GRPO samples the same prompt several times and short answers repeat: grade each distinct pair once
+        options = self.pool.options
+        pairs = [(p.answer, self._answer_key(c, options)) for p, c in zip(problems, completions, strict=True)]
+        # GRPO samples each prompt several times and final answers repeat: grade each distinct one once
         unique = list(dict.fromkeys(pairs))
-        graded = dict(zip(unique, self.pool.grade(unique), strict=True))
+        with self._lock:
+            graded = dict(zip(unique, self.pool.grade(unique), strict=True))
         scores = [Score(1.0 if graded[pair] == "correct" else 0.0, graded[pair]) for pair in pairs]
         statuses = Counter(s.status for s in scores)
         self.counts.update(statuses)
         if len(scores) >= 2 and all(s.status in GRADING_FAILED for s in scores):
             self._warn_all_failed(statuses, completions)
         return scores
+
+    @staticmethod
+    def _answer_key(completion: object, options: GradeOptions) -> str:
+        if not isinstance(completion, str):
+            return ""
+        try:
+            return answer_key(completion, options)
+        except Exception:  # noqa: BLE001 - never let bad output crash the run: grade the whole text instead
+            return completion
 
     def _warn_all_failed(self, statuses: Counter[ScoreStatus], completions: Sequence[str]) -> None:
         tail = (completions[0] or "")[-200:]

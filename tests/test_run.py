@@ -1,0 +1,168 @@
+"""Whole runs through the CLI's `run()` on the embedded tiny model: learning, exact resume, kill during save,
+export round trip, and the three-stage DeepScaleR-shaped flow (each stage from the previous stage's export).
+
+These build the embedded model once per session (cached in the session's RLX_CACHE) and keep runs to a few
+steps with small batches, so the whole module takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from rlx.checkpoint import CheckpointManager
+from rlx.config import build_config
+from rlx.metrics import read_metrics
+from rlx.plan import resolve_plan
+from rlx.run import run
+
+from .conftest import REPO
+
+SMALL = [
+    "grpo.prompts_per_step=4",
+    "grpo.num_generations=4",
+    "grpo.mini_batch_size=8",
+    "grpo.max_new_tokens=8",
+    "validation.period=0",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "checkpoint.export_hf=false",
+]
+RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
+
+
+def _run(out: Path, *overrides: str) -> dict:
+    cfg = build_config(RECIPE, [*SMALL, f"output_dir={out}", *overrides])
+    return run(resolve_plan(cfg), console=Console(quiet=True))
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_exact_resume_equals_straight_run(tmp_path):
+    straight = tmp_path / "straight"
+    _run(straight, "steps=4", "checkpoint.export_hf=true")
+    resumed = tmp_path / "resumed"
+    _run(resumed, "steps=2")  # stops after 2 steps with a checkpoint, as a killed run would have
+    _run(resumed, "steps=4", "checkpoint.export_hf=true")  # same command, more steps: continues from step 2
+    a, b = _weights(straight / "hf"), _weights(resumed / "hf")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    rewards_a = [m["reward/mean"] for m in read_metrics(straight / "metrics.jsonl")]
+    rewards_b = [m["reward/mean"] for m in read_metrics(resumed / "metrics.jsonl")]
+    assert rewards_a == rewards_b and len(rewards_a) == 4
+
+
+@pytest.mark.slow
+def test_resume_at_the_end_says_so_instead_of_training_zero_steps(tmp_path):
+    out = tmp_path / "run"
+    _run(out, "steps=1")
+    cfg = build_config(RECIPE, [*SMALL, f"output_dir={out}", "steps=1"])
+    console = Console(record=True, width=200)
+    run(resolve_plan(cfg), console=console)
+    assert "nothing to train" in console.export_text()
+
+
+_KILL_DURING_SAVE = r"""
+import os, sys
+from rich.console import Console
+import rlx.checkpoint as ckpt
+from rlx.config import build_config
+from rlx.plan import resolve_plan
+from rlx.run import run
+
+saves = {"n": 0}
+original = ckpt.CheckpointManager.save
+def dying_save(self, step, trainer, run_state, config_yaml):
+    saves["n"] += 1
+    if saves["n"] == 2:  # the second save: write part of it, then die like a SIGKILL would
+        class Half:
+            def save_checkpoint(self, path):
+                trainer.save_checkpoint(path)
+                os._exit(9)
+        return original(self, step, Half(), run_state, config_yaml)
+    return original(self, step, trainer, run_state, config_yaml)
+ckpt.CheckpointManager.save = dying_save
+cfg = build_config(sys.argv[1], sys.argv[2:])
+run(resolve_plan(cfg), console=Console(quiet=True))
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_save_leaves_previous_checkpoint_intact(tmp_path):
+    out = tmp_path / "run"
+    args = [str(RECIPE), *SMALL, f"output_dir={out}", "steps=4", "checkpoint.period=1"]
+    proc = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ})
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    root = out / "checkpoints"
+    assert [p.name for p in root.iterdir() if p.name.endswith(".tmp")] == ["step_00000002.tmp"]
+    latest = CheckpointManager(root).latest()
+    assert latest is not None and latest.step == 1
+    # the same command again resumes from step 1 (the half-written step 2 is ignored and cleaned up) and finishes
+    _run(out, "steps=4", "checkpoint.period=1")
+    steps = [c.step for c in CheckpointManager(root).list()]
+    assert steps[-1] == 4 and not list(root.glob("*.tmp"))
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]  # step 2 was not logged twice
+
+
+@pytest.mark.slow
+def test_export_round_trip_same_logits(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    summary = _run(out, "steps=1", "checkpoint.export_hf=true")
+    exported = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "rlx.cli", "export", str(out), str(exported)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json"):
+        assert (exported / f).is_file(), f
+    a = AutoModelForCausalLM.from_pretrained(summary["model"], dtype=torch.float32)
+    b = AutoModelForCausalLM.from_pretrained(str(exported), dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 12, 3, 7]])
+    torch.testing.assert_close(a(ids).logits, b(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_three_stage_flow_each_stage_from_previous_export(tmp_path):
+    """The DeepScaleR shape on the tiny model: stage 2 and 3 start from the previous stage's best-hf export,
+    with the stage-specific changes (longer context, clip-higher, KL on, lower lr)."""
+    s1, s2, s3 = tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"
+    _run(s1, "steps=2", "checkpoint.export_hf=true", "grpo.clip_high=0.2", "grpo.kl_coef=0")
+    _run(s2, "steps=2", "checkpoint.export_hf=true", f"model={s1 / 'best-hf'}", "model.max_seq_len=96",
+         "grpo.clip_high=0.28", "grpo.kl_coef=0.001")
+    _run(s3, "steps=2", "checkpoint.export_hf=true", f"model={s2 / 'best-hf'}", "model.max_seq_len=128",
+         "grpo.kl_coef=0.0001", "trainer.lr=5e-5")
+    for stage, parent in ((s2, s1), (s3, s2)):
+        config = (stage / "config.yaml").read_text()
+        assert str((parent / "best-hf").resolve()) in config or str(parent / "best-hf") in config
+        metrics = read_metrics(stage / "metrics.jsonl")
+        assert len(metrics) == 2 and all("train/kl" in m for m in metrics)
+    w1, w3 = _weights((s1 / "best-hf").resolve()), _weights((s3 / "hf"))
+    assert any(not torch.equal(w1[k], w3[k]) for k in w1)  # stages 2-3 trained on top of stage 1
+
+
+@pytest.mark.slow
+def test_embedded_default_learns(tmp_path):
+    """A short version of `rlx run`: the reward must really rise from the warmed-up start."""
+    out = tmp_path / "learn"
+    cfg = build_config(RECIPE, [f"output_dir={out}", "steps=25", "validation.period=0", "logging.progress=false",
+                                "logging.tensorboard=false", "checkpoint.export_hf=false"])
+    run(resolve_plan(cfg), console=Console(quiet=True))
+    rewards = [m["reward/mean"] for m in read_metrics(out / "metrics.jsonl")]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.15, rewards
+    warmup = json.loads(next(Path(os.environ["RLX_CACHE"]).glob("embedded-tiny-*/warmup.json")).read_text())
+    assert 0 < warmup["sampled_accuracy"] < 0.6
