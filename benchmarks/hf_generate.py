@@ -160,7 +160,7 @@ def main() -> None:
         "model": model_name,
         "device": device_name,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": HFGeneratorConfig().cpu_threads if device.type == "cpu" else None,
         "prompt_len": len(prompts[0]),
         "n": args.n,
         "max_new_tokens": max_new_tokens,

@@ -16,7 +16,7 @@ from rlx.cluster.base import TrainerWorkerError, split_rows
 from rlx.cluster.local import LocalTrainerGroup
 from rlx.grpo.losses import policy_loss
 from rlx.interfaces import ModelSpec, TrainBatch
-from tests.test_fsdp_trainer import EXACT, assert_same_weights, make_batch, pg_loss
+from tests.test_fsdp_trainer import EXACT, assert_same_weights, hf_logprobs, make_batch, pg_loss
 
 FACTORY = "rlx.builtin.fsdp_trainer:FSDPTrainer"
 
@@ -66,7 +66,9 @@ def test_split_rows_is_contiguous_and_uneven() -> None:
 @pytest.mark.slow
 def test_two_ranks_match_one_rank(tiny_path: str, tmp_path: Path) -> None:
     """Even (4 rows) and uneven (3 rows, then 1 row: an empty shard) batches, GRPO loss with a KL term;
-    then a checkpoint written by 2 ranks loads into 1 and continues identically."""
+    then a checkpoint written by 2 ranks loads into 1 and continues identically, and their HF export matches."""
+    from transformers import AutoModelForCausalLM
+
     loss_fn = functools.partial(policy_loss, kl_coef=0.1)
     steps = [make_batch(4, seed=20), make_batch(3, seed=21), make_batch(1, seed=22)]
     single = make_group(tiny_path, 1)
@@ -92,6 +94,7 @@ def test_two_ranks_match_one_rank(tiny_path: str, tmp_path: Path) -> None:
         torch.testing.assert_close(pair.logprobs(steps[0]), single.logprobs(steps[0]), atol=1e-6, rtol=0)
 
         pair.save_checkpoint(str(tmp_path / "ckpt"))
+        pair.export_hf(str(tmp_path / "hf"))  # rank 0 writes what all ranks gathered
         after = make_batch(4, seed=23)
         expected = pair.train_step(with_old_and_ref(pair, after), loss_fn)
         expected_weights = dict(pair.named_weights())
@@ -101,6 +104,8 @@ def test_two_ranks_match_one_rank(tiny_path: str, tmp_path: Path) -> None:
     resumed = make_group(tiny_path, 1)
     try:
         resumed.load_checkpoint(str(tmp_path / "ckpt"))
+        exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+        torch.testing.assert_close(hf_logprobs(exported, after), resumed.logprobs(after), atol=1e-5, rtol=0)
         got = resumed.train_step(with_old_and_ref(resumed, after), loss_fn)
         assert_same_weights(expected_weights, dict(resumed.named_weights()))
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)

@@ -78,6 +78,25 @@ def test_sampling_leaves_global_rng_alone_and_follows_factory_seed(base: str) ->
     assert gen.generate(PROMPTS, params) != first  # the next call continues the stream
 
 
+def test_cpu_threads_apply_while_generating_only(base: str) -> None:
+    gen = _build(base, cpu_threads=1)
+    seen: list[int] = []
+    generate_batch = gen._generate_batch
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return generate_batch(*args, **kwargs)
+
+    gen._generate_batch = spy  # type: ignore[method-assign]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen.generate(PROMPTS, SamplingParams(max_new_tokens=2))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_update_weights_errors_name_the_problem(base: str) -> None:
     gen = _build(base)
     with pytest.raises(KeyError, match="model.layers.0.mlp.up_proj.weight"):

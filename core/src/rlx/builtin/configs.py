@@ -20,6 +20,12 @@ class HFGeneratorConfig(BaseModel):
     attn_implementation: str | None = Field(
         None, description="transformers attention kernel: sdpa | eager | flash_attention_2 (None: its default)"
     )
+    cpu_threads: int = Field(
+        1,
+        ge=0,
+        description="torch intra-op threads while generating on CPU (0: leave torch's setting). 1 is fastest for "
+        "tiny models, whose decode steps are too small to split, and far faster on a busy machine",
+    )
     cache_implementation: str | None = Field(
         None, description="transformers KV cache: None (dynamic) | static (GPU: lets transformers compile decoding)"
     )

@@ -3,8 +3,16 @@ with a tokenizer trained on the environment's own problems and a short supervise
 environment's reference solutions, cached on disk after the first build.
 
 Why a warm-up: like DeepScaleR, which starts RL from a distilled model that already solves some problems,
-GRPO needs a nonzero reward to start from. The warm-up stops as soon as sampled accuracy reaches
-`target_accuracy` (low on purpose), so the rise after that is GRPO's doing. The run prints both numbers.
+GRPO needs a nonzero reward to start from. Two kinds, chosen by what the environment's problems carry:
+
+- `metadata["distractors"]` (wrong completions of the right form, e.g. the toy task's near-miss answers): the
+  warm-up trains on a noisy mix, the reference solution with probability `1 - noise` and a random distractor
+  otherwise, for a fixed number of steps. The result writes well-formed answers but is unreliable (it samples
+  the right one about `1 - noise` of the time): the state of a distilled model GRPO is meant to sharpen.
+- otherwise: the reference solutions only, stopping as soon as sampled accuracy reaches `target_accuracy`.
+
+Either way the starting accuracy is low on purpose, so the rise after it is GRPO's doing; `rlx run` prints the
+reward at its first step, and `warmup.json` in the cached folder records how the warm-up went.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from rlx.errors import ConfigError
 from rlx.interfaces import Environment, Problem
 
 BUILTIN_MODELS = ("tiny",)
-WARMUP_VERSION = "1"
+WARMUP_VERSION = "2"
 
 
 def cache_root() -> Path:
@@ -46,6 +54,8 @@ def ensure_embedded_model(
     console: Any = None,
     target_accuracy: float = 0.25,
     max_warmup_steps: int = 400,
+    noise: float = 0.7,
+    noisy_steps: int = 300,
 ) -> Path:
     """The folder of builtin model `name`, built (and warmed up on `env`) on first use, then reused."""
     if name not in BUILTIN_MODELS:
@@ -59,7 +69,7 @@ def ensure_embedded_model(
     from rlx.builtin.tiny import TINY_VERSION
 
     fingerprint = json.dumps(
-        [TINY_VERSION, WARMUP_VERSION, seed, target_accuracy, [(p.messages, p.metadata["solution"]) for p in problems[:256]]],
+        [TINY_VERSION, WARMUP_VERSION, seed, target_accuracy, noise, noisy_steps, [(p.messages, p.metadata["solution"]) for p in problems[:256]]],
         sort_keys=True,
     )
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
@@ -71,7 +81,7 @@ def ensure_embedded_model(
     try:
         _say(console, f"building the embedded tiny model (first run only; cached in {target}) ...")
         report = build_and_warm_up(staging, env, problems, seed=seed, target_accuracy=target_accuracy,
-                                   max_steps=max_warmup_steps, console=console)
+                                   max_steps=max_warmup_steps, noise=noise, noisy_steps=noisy_steps, console=console)
         (staging / "warmup.json").write_text(json.dumps(report, indent=2))
         try:
             staging.rename(target)
@@ -91,12 +101,14 @@ def build_and_warm_up(
     seed: int,
     target_accuracy: float,
     max_steps: int,
+    noise: float = 0.7,
+    noisy_steps: int = 300,
     console: Any = None,
     batch_size: int = 64,
     lr: float = 2e-3,
     eval_every: int = 2,
 ) -> dict[str, Any]:
-    """Tokenizer + random tiny Qwen2, then SFT on reference solutions until sampled accuracy >= target."""
+    """Tokenizer + random tiny Qwen2, then the warm-up described in the module docstring."""
     from transformers import AutoModelForCausalLM
 
     from rlx.builtin.tiny import build_tiny_qwen2, build_tokenizer
@@ -107,6 +119,7 @@ def build_and_warm_up(
 
     probe = _TemplateOnly(CHAT_TEMPLATE)
     corpus = [_chat_text(probe, p, p.metadata["solution"]) for p in problems[:2000]]
+    corpus += [d for p in problems[:200] for d in p.metadata.get("distractors", ())]
     tokenizer = build_tokenizer(corpus, vocab_size=384)
     build_tiny_qwen2(out_dir, tokenizer, hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
                      intermediate_size=384, max_position_embeddings=512, seed=seed)
@@ -123,9 +136,20 @@ def build_and_warm_up(
     history.append({"step": 0, "accuracy": accuracy})
     t0 = time.time()
     step = 0
-    while accuracy < target_accuracy and step < max_steps:
+    noisy = all(p.metadata.get("distractors") for p in train)
+    if noisy:
+        eval_every = max(eval_every, noisy_steps // 6)
+
+    def keep_going() -> bool:
+        return step < noisy_steps if noisy else (accuracy < target_accuracy and step < max_steps)
+
+    while keep_going():
         batch = rng.sample(train, min(batch_size, len(train)))
-        input_ids, labels = _sft_batch(tokenizer, batch, pad_id)
+        targets = [
+            rng.choice(p.metadata["distractors"]) if noisy and rng.random() < noise else p.metadata["solution"]
+            for p in batch
+        ]
+        input_ids, labels = _sft_batch(tokenizer, batch, targets, pad_id)
         loss = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long(), labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -140,7 +164,10 @@ def build_and_warm_up(
     model.eval()
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
-    report = {"warmup_steps": step, "sampled_accuracy": accuracy, "target_accuracy": target_accuracy,
+    if noisy and step % eval_every:
+        accuracy = _sampled_accuracy(model, tokenizer, env, held_out, seed + step)
+    report = {"kind": "noisy" if noisy else "until-target", "noise": noise if noisy else 0.0,
+              "warmup_steps": step, "sampled_accuracy": accuracy, "target_accuracy": target_accuracy,
               "seconds": time.time() - t0, "history": history}
     _say(console, f"embedded model ready: {step} warm-up steps, sampled accuracy {accuracy:.3f}")
     return report
@@ -160,12 +187,14 @@ class _TemplateOnly:
         return self._t.render(messages=messages, add_generation_prompt=add_generation_prompt)
 
 
-def _sft_batch(tokenizer: Any, problems: Sequence[Problem], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) input ids right-padded, and labels with -100 on prompt and padding (loss on the solution only)."""
+def _sft_batch(
+    tokenizer: Any, problems: Sequence[Problem], targets: Sequence[str], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) input ids right-padded, and labels with -100 on prompt and padding (loss on the target only)."""
     rows, label_rows = [], []
-    for p in problems:
+    for p, target in zip(problems, targets, strict=True):
         prompt = tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=True, return_dict=False)
-        answer = tokenizer(p.metadata["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(list(prompt) + answer)
         label_rows.append([-100] * len(prompt) + answer)
     T = max(len(r) for r in rows)

@@ -174,6 +174,19 @@ def _take_rows(batch: TokenBatch, rows: slice | torch.Tensor) -> TokenBatch:
     return type(batch)(**values)
 
 
+def _to_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
+    values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return type(batch)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in values.items()})
+
+
+def _take_columns(batch: TokenBatch, width: int) -> TokenBatch:
+    """The first `width` columns of every (B, T) tensor field."""
+    values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return type(batch)(
+        **{k: (v[:, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 else v) for k, v in values.items()}
+    )
+
+
 def _padding_batch(batch: TokenBatch, rows: int) -> TokenBatch:
     """`rows` sequences that run the same collectives as real ones but contribute nothing (zero loss weights).
 
@@ -336,25 +349,24 @@ class FSDPTrainer:
         return int(count.item())
 
     def _micro_batches(self, batch: TokenBatch) -> Iterator[tuple[TokenBatch, torch.Tensor | None, int]]:
-        """(micro-batch on device trimmed to its longest sequence, the attention mask to use, real rows in
-        it); the padding micro-batches, if any, come last."""
+        """(micro-batch on device trimmed to its last attended column, the attention mask to use (None:
+        plain causal), real rows in it); the padding micro-batches, if any, come last."""
         size = self.config.micro_batch_size
+        cpu_mask = batch.attention_mask.cpu()
+        # one host-to-device copy (and stream sync) per call, not one per micro-batch
+        on_device = _to_device(batch, self.device)
         for index in range(self._num_micro_batches(len(batch))):
             start = index * size
             real = max(0, min(size, len(batch) - start))
-            micro = _take_rows(batch, slice(start, start + real)) if real else _padding_batch(batch, 1)
+            if real:
+                micro, rows_mask = _take_rows(on_device, slice(start, start + real)), cpu_mask[start : start + real]
+            else:
+                padding = _padding_batch(batch, 1)
+                micro, rows_mask = _to_device(padding, self.device), padding.attention_mask.cpu()
             # columns past the last attended token of every row only cost compute
-            attention_mask = micro.attention_mask.cpu()
-            last = (attention_mask.bool() * torch.arange(1, attention_mask.shape[1] + 1)).max()
-            width = max(int(last), 2)
-            mask = _attention_mask(attention_mask[:, :width])
-            values = {
-                f.name: (v[:, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 else v)
-                for f in dataclasses.fields(micro)
-                for v in [getattr(micro, f.name)]
-            }
-            values = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
-            yield type(micro)(**values), (None if mask is None else mask.to(self.device)), real
+            width = max(int((rows_mask.bool() * torch.arange(1, rows_mask.shape[1] + 1)).max()), 2)
+            micro = _take_columns(micro, width)
+            yield micro, (None if _attention_mask(rows_mask[:, :width]) is None else micro.attention_mask), real
 
     def _hf(self, root: nn.Module) -> nn.Module:
         return root.hf  # type: ignore[return-value]
@@ -368,15 +380,16 @@ class FSDPTrainer:
             raise ValueError("reference log-probabilities asked for, but the trainer was built with_reference=False")
         model = self.reference if reference else self.policy
         assert model is not None
-        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=self.device)
         start = 0
         with torch.no_grad():
             for micro, mask, real in self._micro_batches(batch):
                 logprobs, _ = model(micro.input_ids, mask, temperature, False)
                 if real:
-                    out[start : start + real, : logprobs.shape[1]] = logprobs[:real].float().cpu()
+                    out[start : start + real, : logprobs.shape[1]] = logprobs[:real]
                     start += real
-        return out * batch.completion_mask.to(torch.float32)
+        # one device-to-host copy at the end: a copy per micro-batch would stall the GPU each time
+        return out.cpu() * batch.completion_mask.cpu().to(torch.float32)
 
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One AdamW step on `batch`; returns loss, grad_norm, lr, entropy and loss_fn's metrics, each

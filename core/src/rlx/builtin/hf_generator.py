@@ -6,7 +6,8 @@ and quick on a CPU with a tiny model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -115,7 +116,9 @@ class HFGenerator:
         eos: list[int] = []
         for value in (self.model.generation_config.eos_token_id, self.model.config.eos_token_id):
             eos.extend([value] if isinstance(value, int) else list(value or ()))
-        pad = self.model.generation_config.pad_token_id or self.model.config.pad_token_id
+        pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = getattr(self.model.config, "pad_token_id", None)
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 self.spec.tokenizer_path, trust_remote_code=self.spec.trust_remote_code
@@ -146,7 +149,7 @@ class HFGenerator:
         results: list[list[Completion]] = [[] for _ in prompts]
         seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._seed_stream))
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), torch.inference_mode():
+        with torch.random.fork_rng(devices=cuda), torch.inference_mode(), self._cpu_threads():
             torch.random.default_generator.manual_seed(seed)
             if cuda:
                 torch.cuda.default_generators[cuda[0]].manual_seed(seed)
@@ -155,6 +158,23 @@ class HFGenerator:
                 for i, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params), strict=True):
                     results[i].append(completion)
         return results
+
+    @contextlib.contextmanager
+    def _cpu_threads(self) -> Iterator[None]:
+        """Use `config.cpu_threads` intra-op threads while generating on CPU, then restore the process's setting.
+
+        Decoding a small model runs thousands of tiny ops; splitting each over threads costs more in
+        synchronisation than it saves, and on a shared machine idle-spinning threads slow it 10x or more.
+        """
+        if self.device.type != "cpu" or self.config.cpu_threads == 0:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.config.cpu_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         if params.n < 1 or params.max_new_tokens < 1:
@@ -176,7 +196,12 @@ class HFGenerator:
             attention_mask[row, width - len(prompt) :] = 1
         greedy = params.temperature == 0
         stop_ids = tuple(dict.fromkeys((*self.eos_token_ids, *params.stop_token_ids)))
-        recorder = _SampleAndRecord(1.0 if greedy else params.temperature, params.top_k, params.top_p)
+        # greedy: logprobs at temperature 1, and filtering could not change the argmax
+        recorder = (
+            _SampleAndRecord(1.0, -1, 1.0)
+            if greedy
+            else _SampleAndRecord(params.temperature, params.top_k, params.top_p)
+        )
         # temperature, top_k and top_p are applied by `recorder`: HF's own warpers stay off
         sampling = (
             {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if not greedy else {"do_sample": False}

@@ -190,6 +190,17 @@ def sglang_flattened_payload(bucket: Bucket, tp_size: int) -> list[Any]:
     return [MultiprocessingSerializer.serialize(data, output_str=True) for _ in range(tp_size)]
 
 
+def stage_on_cuda(bucket: Bucket) -> Bucket:
+    """Move CPU tensors to this process's current GPU, if it has one: the engine's workers then open them as
+    CUDA IPC handles (sglang's colocated path) rather than through shared-memory file descriptors."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return bucket
+    device = torch.device("cuda", torch.cuda.current_device())
+    return [(name, tensor.to(device) if tensor.device.type == "cpu" else tensor) for name, tensor in bucket]
+
+
 def split_by_dtype(bucket: Bucket) -> list[Bucket]:
     """One sub-bucket per dtype, order kept within each: sglang views each tensor out of the flat uint8 buffer
     at its byte offset, which fails when a tensor of a wider dtype starts at an unaligned offset (e.g. float32
@@ -372,6 +383,7 @@ class SGLangGenerator:
         self._engine.flush_cache()
 
     def _send_tensors(self, bucket: Bucket) -> None:
+        bucket = stage_on_cuda(bucket)
         if self.config.weight_format == "flattened_bucket":
             for part in split_by_dtype(bucket):
                 payload = self._encode_bucket(part, self.config.tp_size)

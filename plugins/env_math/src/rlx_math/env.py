@@ -115,7 +115,7 @@ class MathEnvironment:
                 id=f"toy-{split}-{i}",
                 messages=template.render(p.text),
                 answer=p.answer,
-                metadata={"source": "toy", "solution": p.solution},
+                metadata={"source": "toy", "solution": p.solution, "distractors": list(p.distractors)},
             )
             for i, p in enumerate(generated)
         ]

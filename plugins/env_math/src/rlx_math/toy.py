@@ -13,6 +13,12 @@ class ArithmeticProblem:
     text: str
     answer: str
     solution: str
+    distractors: tuple[str, ...] = ()
+
+
+def near_misses(value: int, spread: int = 2) -> tuple[str, ...]:
+    """Wrong completions of the same form: the answer off by 1..spread (what an unreliable model writes)."""
+    return tuple(f"\\boxed{{{value + d}}}" for d in range(-spread, spread + 1) if d)
 
 
 def evaluate(operands: list[int], operators: list[str]) -> int:
@@ -48,6 +54,9 @@ def generate(
         operands = [rng.randint(min_operand, max_operand) for _ in range(num_operands)]
         ops = [rng.choice(list(operators)) for _ in range(num_operands - 1)]
         text = str(operands[0]) + "".join(f"{op}{value}" for op, value in zip(ops, operands[1:], strict=True))
-        answer = str(evaluate(operands, ops))
-        problems.append(ArithmeticProblem(text=text, answer=answer, solution=f"\\boxed{{{answer}}}"))
+        value = evaluate(operands, ops)
+        answer = str(value)
+        problems.append(
+            ArithmeticProblem(text=text, answer=answer, solution=f"\\boxed{{{answer}}}", distractors=near_misses(value))
+        )
     return problems
