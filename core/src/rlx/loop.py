@@ -220,12 +220,16 @@ class GRPOLoop:
 
         # 2. generate G completions per prompt
         t = time.perf_counter()
-        self.generator.wake_up()
+        self.generator.wake_up()  # colocated engines reclaim their KV cache (weights came back with the update)
+        timings["time/wake_up"] = time.perf_counter() - t
+        t = time.perf_counter()
         params = self.sampling(prompts, n=g.num_generations, temperature=g.temperature, top_p=g.top_p,
                                top_k=g.top_k, max_new_tokens=g.max_new_tokens, seed=step_seed)
         groups = self.generator.generate(prompts, params)
-        self.generator.sleep()
         timings["time/generate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.generator.sleep()  # free accelerator memory for the trainer
+        timings["time/sleep"] = time.perf_counter() - t
         completions = [c for group in groups for c in group]  # (P*G,), prompt-major
         flat_prompts = [p for p in prompts for _ in range(g.num_generations)]
         flat_problems = [p for p in problems for _ in range(g.num_generations)]
