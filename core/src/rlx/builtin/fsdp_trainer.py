@@ -389,7 +389,14 @@ class FSDPTrainer:
                     out[start : start + real, : logprobs.shape[1]] = logprobs[:real]
                     start += real
         # one device-to-host copy at the end: a copy per micro-batch would stall the GPU each time
-        return out.cpu() * batch.completion_mask.cpu().to(torch.float32)
+        result = out.cpu() * batch.completion_mask.cpu().to(torch.float32)
+        del out
+        self._release_cached_memory()
+        return result
+
+    def _release_cached_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One AdamW step on `batch`; returns loss, grad_norm, lr, entropy and loss_fn's metrics, each
@@ -428,6 +435,10 @@ class FSDPTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.optimizer_steps += 1
+        # gradients are not needed until the next step: free them, and hand cached blocks back to the driver so a
+        # colocated generator can wake its KV cache on the same GPU
+        self.optimizer.zero_grad(set_to_none=True)
+        self._release_cached_memory()
 
         names = sorted(sums)
         packed = torch.stack([sums[name].to(self.device) for name in names])
