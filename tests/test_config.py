@@ -101,3 +101,13 @@ def test_deepscaler_recipes_carry_published_hyperparameters():
     assert [stages[s].grpo.clip_high for s in stages] == [0.2, 0.28, 0.28]
     assert [stages[s].grpo.kl_coef for s in stages] == [0.0, 0.001, 1e-4]
     assert [float(stages[s].trainer.options()["lr"]) for s in stages] == [2e-6, 2e-6, 5e-7]
+
+
+def test_choosing_another_generator_drops_the_recipes_options_out_loud(tmp_path, caplog):
+    (tmp_path / "r.yaml").write_text("generator:\n  name: vllm\n  gpu_memory_utilization: 0.6\n")
+    with caplog.at_level("WARNING", logger="rlx.config"):
+        cfg = build_config(tmp_path / "r.yaml", generator="hf")
+    assert cfg.generator.name == "hf" and cfg.generator.options() == {}
+    assert "gpu_memory_utilization" in caplog.text and "dropped" in caplog.text
+    same = build_config(tmp_path / "r.yaml", generator="vllm")
+    assert same.generator.options() == {"gpu_memory_utilization": 0.6}

@@ -151,6 +151,13 @@ def _load_extra_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_time=False, show_path=False)])
+    logging.getLogger("rlx").setLevel(logging.INFO)
     try:
         # builtin commands that live in their own modules (eval, export) register through the same hook
         _load_extra_commands()

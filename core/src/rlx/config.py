@@ -5,6 +5,7 @@ command-line overrides, and validation of each component's section against that 
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlx.errors import ConfigError, did_you_mean
+
+log = logging.getLogger("rlx.config")
 
 
 class Strict(BaseModel):
@@ -259,9 +262,18 @@ def build_config(
     _normalise_sections(data)
     for kind, choice in (("generator", generator), ("trainer", trainer), ("env", env)):
         if choice:
-            # a recipe's options for another component are not dropped silently: validation against the
-            # chosen component's Config names any option that does not fit it
-            data.setdefault(kind, {})["name"] = choice
+            section = data.setdefault(kind, {})
+            if section.get("name") not in (None, choice):
+                # the recipe's options were written for another component: they are dropped, out loud
+                dropped = sorted(k for k in section if k != "name")
+                if dropped:
+                    log.warning(
+                        "--%s %s replaces the recipe's %s '%s': its options %s are dropped (set %s options with "
+                        "%s.KEY=VALUE)", "env" if kind == "env" else kind, choice, kind, section["name"],
+                        ", ".join(dropped), choice, kind,
+                    )
+                section = data[kind] = {}
+            section["name"] = choice
     for override in overrides:
         apply_override(data, override)
     _normalise_sections(data)

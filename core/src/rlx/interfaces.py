@@ -145,8 +145,10 @@ class Trainer(Protocol):
         micro-batch of logits."""
         ...
 
-    def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn) -> dict[str, float]:
-        """One optimizer step on `batch` (micro-batched inside). Returns metrics, incl. grad_norm and lr."""
+    def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
+        """One optimizer step on `batch` (micro-batched inside), with new log-probabilities computed on
+        logits / temperature (the temperature the completions were sampled and pi_old was computed at).
+        Returns metrics, incl. grad_norm and lr."""
         ...
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

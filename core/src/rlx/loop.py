@@ -260,7 +260,7 @@ class GRPOLoop:
                 batch, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, advantages=advantages.flatten(),
                 generator_logprobs=gen_logprobs, size=g.mini_batch_size, loss_agg=g.loss_agg, generator=shuffle,
             ):
-                train_metrics.append(self.trainer.train_step(mb, self.loss_fn))
+                train_metrics.append(self.trainer.train_step(mb, self.loss_fn, temperature=g.temperature))
         timings["time/train"] = time.perf_counter() - t
 
         # 7. push the new weights to the generator

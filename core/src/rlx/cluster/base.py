@@ -104,12 +104,8 @@ class TrainerWorker:
     def logprobs(self, batch: TokenBatch, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
         return self._trainer().logprobs(batch, temperature=temperature, reference=reference).cpu()
 
-    def train_step(
-        self, batch: TrainBatch, loss_fn: PolicyLossFn, temperature: float | None = None
-    ) -> dict[str, float]:
-        if temperature is None:
-            return self._trainer().train_step(batch, loss_fn)
-        return self._trainer().train_step(batch, loss_fn, temperature=temperature)  # type: ignore[call-arg]
+    def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, temperature: float = 1.0) -> dict[str, float]:
+        return self._trainer().train_step(batch, loss_fn, temperature=temperature)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every rank must run this to the end (the gathers are collective); rank 0's items are the data

@@ -191,14 +191,10 @@ class LocalTrainerGroup:
         parts = self._call_all("logprobs", [(shard,) for shard in shards], temperature=temperature, reference=reference)
         return torch.cat(parts, dim=0)
 
-    def train_step(
-        self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float | None = None
-    ) -> dict[str, float]:
+    def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One optimizer step over the whole batch (split by rows); rank 0's metrics (already all-reduced)."""
         if self._trainer is not None:
-            if temperature is None:
-                return self._trainer.train_step(batch, loss_fn)
-            return self._trainer.train_step(batch, loss_fn, temperature=temperature)  # type: ignore[call-arg]
+            return self._trainer.train_step(batch, loss_fn, temperature=temperature)
         shards = split_rows(batch, self.world_size)
         return self._call_all("train_step", [(shard, loss_fn) for shard in shards], temperature=temperature)[0]
 
