@@ -158,11 +158,11 @@ def test_three_stage_flow_each_stage_from_previous_export(tmp_path):
 def test_embedded_default_learns(tmp_path):
     """A short version of `rlx run`: the reward must really rise from the warmed-up start."""
     out = tmp_path / "learn"
-    cfg = build_config(RECIPE, [f"output_dir={out}", "steps=25", "validation.period=0", "logging.progress=false",
+    cfg = build_config(RECIPE, [f"output_dir={out}", "steps=60", "validation.period=0", "logging.progress=false",
                                 "logging.tensorboard=false", "checkpoint.export_hf=false"])
     run(resolve_plan(cfg), console=Console(quiet=True))
     rewards = [m["reward/mean"] for m in read_metrics(out / "metrics.jsonl")]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    assert last > first + 0.15, rewards
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+    assert last > first + 0.1, rewards
     warmup = json.loads(next(Path(os.environ["RLX_CACHE"]).glob("embedded-tiny-*/warmup.json")).read_text())
     assert 0 < warmup["sampled_accuracy"] < 0.6

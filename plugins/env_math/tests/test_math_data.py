@@ -54,6 +54,10 @@ def test_toy_env_default_splits_and_short_prompt() -> None:
     # the ideal completion (used by the core for a supervised warm-up) earns the full reward
     solutions = [p.metadata["solution"] for p in train[:32]]
     assert [s.reward for s in env.score(train[:32], solutions)] == [1.0] * 32
+    # the distractors (the warm-up's deliberate slips) are well-formed and wrong
+    distractors = [p.metadata["distractors"][0] for p in train[:32]]
+    assert all(d.startswith("\\boxed{") for d in distractors)
+    assert [s.status for s in env.score(train[:32], distractors)] == ["wrong"] * 32
     # the train set follows the run seed, the validation set does not
     other = MathEnvironment(MathEnvConfig(num_workers=0), seed=1)
     assert [p.messages for p in other.problems("train")] != [p.messages for p in train]

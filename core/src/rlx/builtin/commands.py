@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,10 +24,10 @@ def eval_cmd(
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.6,
     top_p: Annotated[float, typer.Option(help="nucleus sampling")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(help="completion length cap")] = 1024,
-    max_problems: Annotated[Optional[int], typer.Option(help="evaluate only the first N problems")] = None,
+    max_problems: Annotated[int | None, typer.Option(help="evaluate only the first N problems")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for result.json and per_problem.jsonl")] = Path("eval"),
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="recipe for env/generator/model options")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. env.validation=aime.jsonl")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="recipe for env/generator/model options")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. env.validation=aime.jsonl")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
 ) -> None:
     """Evaluate a model on an environment's problems: accuracy (avg@k), pass@k; writes JSON results."""

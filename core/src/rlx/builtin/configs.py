@@ -46,6 +46,9 @@ class FSDPTrainerConfig(BaseModel):
     micro_batch_size: int = Field(8, gt=0, description="sequences per forward/backward")
     device: str = Field("auto", description="auto | cpu | cuda")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    cpu_threads: int = Field(
+        0, ge=0, description="torch intra-op threads for CPU training (0: leave torch's setting; 1 suits tiny models)"
+    )
     activation_checkpointing: bool = Field(False, description="recompute each decoder layer in backward")
     reshard_after_forward: bool = Field(True, description="free gathered layer weights after forward (ZeRO-3)")
     logits_chunk_tokens: int = Field(

@@ -34,7 +34,7 @@ from rlx.errors import ConfigError
 from rlx.interfaces import Environment, Problem
 
 BUILTIN_MODELS = ("tiny",)
-WARMUP_VERSION = "2"
+WARMUP_VERSION = "3"
 
 
 def cache_root() -> Path:
@@ -69,7 +69,7 @@ def ensure_embedded_model(
     from rlx.builtin.tiny import TINY_VERSION
 
     fingerprint = json.dumps(
-        [TINY_VERSION, WARMUP_VERSION, seed, target_accuracy, noise, noisy_steps, [(p.messages, p.metadata["solution"]) for p in problems[:256]]],
+        [TINY_VERSION, WARMUP_VERSION, seed, target_accuracy, noise, noisy_steps, [(p.messages, p.metadata["solution"], p.metadata.get("distractors")) for p in problems[:256]]],
         sort_keys=True,
     )
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
@@ -111,6 +111,7 @@ def build_and_warm_up(
     """Tokenizer + random tiny Qwen2, then the warm-up described in the module docstring."""
     from transformers import AutoModelForCausalLM
 
+    from rlx.builtin.threads import cpu_threads
     from rlx.builtin.tiny import build_tiny_qwen2, build_tokenizer
 
     rng = random.Random(seed)
@@ -143,16 +144,17 @@ def build_and_warm_up(
     def keep_going() -> bool:
         return step < noisy_steps if noisy else (accuracy < target_accuracy and step < max_steps)
 
-    while keep_going():
+    while keep_going():  # one thread: a tiny model's ops are too small to split (see rlx.builtin.threads)
         batch = rng.sample(train, min(batch_size, len(train)))
         targets = [
             rng.choice(p.metadata["distractors"]) if noisy and rng.random() < noise else p.metadata["solution"]
             for p in batch
         ]
         input_ids, labels = _sft_batch(tokenizer, batch, targets, pad_id)
-        loss = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long(), labels=labels).loss
-        loss.backward()
-        optimizer.step()
+        with cpu_threads(torch.device("cpu"), 1):
+            loss = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long(), labels=labels).loss
+            loss.backward()
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if step % eval_every == 0:
@@ -209,12 +211,15 @@ def _sft_batch(
 @torch.no_grad()
 def _sampled_accuracy(model: Any, tokenizer: Any, env: Environment, problems: Sequence[Problem], seed: int) -> float:
     """Mean reward of one temperature-1 sample per problem (what GRPO's first step will see)."""
+    from rlx.builtin.threads import cpu_threads
+
     tokenizer.padding_side = "left"
     prompts = [tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=False) for p in problems]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
-    out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=24,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with cpu_threads(torch.device("cpu"), 1):
+        out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=24,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     scores = env.score(list(problems), texts)
     return sum(s.reward for s in scores) / len(scores)

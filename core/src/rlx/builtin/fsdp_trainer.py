@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from rlx.builtin.configs import FSDPTrainerConfig
+from rlx.builtin.threads import cpu_threads
 from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -376,6 +377,10 @@ class FSDPTrainer:
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
         """(B, T) float32 on CPU: log p(input_ids[b, t] | input_ids[b, :t]) on logits / temperature,
         0 outside completion_mask."""
+        with cpu_threads(self.device, self.config.cpu_threads):
+            return self._logprobs(batch, temperature=temperature, reference=reference)
+
+    def _logprobs(self, batch: TokenBatch, *, temperature: float, reference: bool) -> torch.Tensor:
         if reference and self.reference is None:
             raise ValueError("reference log-probabilities asked for, but the trainer was built with_reference=False")
         model = self.reference if reference else self.policy
@@ -401,6 +406,10 @@ class FSDPTrainer:
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One AdamW step on `batch`; returns loss, grad_norm, lr, entropy and loss_fn's metrics, each
         summed over micro-batches and ranks (so loss_weights-weighted means)."""
+        with cpu_threads(self.device, self.config.cpu_threads):
+            return self._train_step(batch, loss_fn, temperature=temperature)
+
+    def _train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float) -> dict[str, float]:
         if batch.loss_weights is None:
             raise ValueError("train_step needs a TrainBatch with loss_weights")
         self.optimizer.zero_grad(set_to_none=True)

@@ -6,13 +6,13 @@ and quick on a CPU with a tiny model.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlx.builtin.configs import HFGeneratorConfig
+from rlx.builtin.threads import cpu_threads
 from rlx.errors import did_you_mean
 from rlx.interfaces import Completion, FinishReason, ModelSpec, NamedTensors, SamplingParams
 
@@ -149,7 +149,7 @@ class HFGenerator:
         results: list[list[Completion]] = [[] for _ in prompts]
         seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._seed_stream))
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), torch.inference_mode(), self._cpu_threads():
+        with torch.random.fork_rng(devices=cuda), torch.inference_mode(), cpu_threads(self.device, self.config.cpu_threads):
             torch.random.default_generator.manual_seed(seed)
             if cuda:
                 torch.cuda.default_generators[cuda[0]].manual_seed(seed)
@@ -158,23 +158,6 @@ class HFGenerator:
                 for i, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params), strict=True):
                     results[i].append(completion)
         return results
-
-    @contextlib.contextmanager
-    def _cpu_threads(self) -> Iterator[None]:
-        """Use `config.cpu_threads` intra-op threads while generating on CPU, then restore the process's setting.
-
-        Decoding a small model runs thousands of tiny ops; splitting each over threads costs more in
-        synchronisation than it saves, and on a shared machine idle-spinning threads slow it 10x or more.
-        """
-        if self.device.type != "cpu" or self.config.cpu_threads == 0:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.config.cpu_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         if params.n < 1 or params.max_new_tokens < 1:

@@ -1,15 +1,6 @@
-"""The components on a Ray cluster (the ONLY rlx module that imports ray): trainer ranks, generator replicas and
-environment scorers as actors, behind plain objects that satisfy the Trainer / Generator / Environment contracts.
-
-`build_ray_components(plan, model, env)` connects to Ray (`cluster.address`, else `RAY_ADDRESS`, else a local Ray
-started on demand), reserves placement groups, starts the actors and returns `Components`; the GRPO loop is the
-same as with `local`. Every remote call is awaited with a deadline (`cluster.timeout_s`) while watching every actor
-it depends on: a worker that raises, dies or hangs ends the run with an error naming the worker, the call and the
-step. Closing the components (also on Ctrl-C) kills every actor and removes the placement groups.
-
-Weights go from trainer rank 0 to the generator replicas in buckets (`rlx.weights.iter_buckets`): over the object
-store (rank 0 puts a bucket, each replica loads it; the driver only passes references), or, with separate GPU
-pools, by NCCL broadcast from rank 0 to the replicas (the approach of vLLM's RLHF example and NeMo-RL).
+"""Components on a Ray cluster (the ONLY rlx module that imports ray): trainer ranks, generator replicas and
+environment scorers as actors behind plain Trainer / Generator / Environment objects; failures name the worker and
+the step within `cluster.timeout_s`, and closing kills every actor. How to run it: docs/ray.md.
 """
 
 from __future__ import annotations
@@ -551,9 +542,7 @@ class RayTrainerGroup:
         parts = self._call_all("logprobs", [(s,) for s in shards], temperature=temperature, reference=reference)
         return torch.cat(parts, dim=0)
 
-    def train_step(
-        self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float | None = None
-    ) -> dict[str, float]:
+    def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One optimizer step over the whole batch (split by rows); rank 0's metrics (already all-reduced)."""
         shards = split_rows(batch, self.world_size)
         return self._call_all("train_step", [(s, loss_fn) for s in shards], temperature=temperature)[0]
@@ -961,7 +950,8 @@ def connect(cfg: ClusterConfig) -> bool:
 
 
 def build_ray_components(plan: Plan, model: ModelSpec, env: Environment) -> Components:
-    """Trainer ranks, generator replicas and environment scorers as Ray actors (see the module docstring)."""
+    """Connect, reserve the placement groups, start trainer ranks, generator replicas and scorers; on any failure
+    (or Ctrl-C) while starting, nothing is left behind."""
     cfg = plan.config.cluster
     started = connect(cfg)
     placement: Placement | None = None

@@ -16,9 +16,13 @@ class ArithmeticProblem:
     distractors: tuple[str, ...] = ()
 
 
-def near_misses(value: int, spread: int = 2) -> tuple[str, ...]:
-    """Wrong completions of the same form: the answer off by 1..spread (what an unreliable model writes)."""
-    return tuple(f"\\boxed{{{value + d}}}" for d in range(-spread, spread + 1) if d)
+def near_misses(value: int) -> tuple[str, ...]:
+    """Wrong completions of the right form: the answer one too high, the typical slip of an unreliable model.
+
+    The embedded model's warm-up mixes these in (see rlx.builtin.embedded), so it starts with a systematic
+    habit that GRPO has to find and remove.
+    """
+    return (f"\\boxed{{{value + 1}}}",)
 
 
 def evaluate(operands: list[int], operators: list[str]) -> int:
