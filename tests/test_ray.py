@@ -149,8 +149,9 @@ def _rlx_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-# the embedded default (tiny model, toy arithmetic, 60 GRPO steps of 16 prompts x 8 samples), as `rlx run` trains it
-DEFAULT_RUN = ["logging.tensorboard=false", "logging.progress=false", "--fresh"]
+# the embedded default (tiny model, toy arithmetic, 32 prompts x 8 samples a step) as `rlx run` trains it, cut to
+# its first 60 steps (where the reward is still rising fast, so a policy that stopped following would show)
+DEFAULT_RUN = ["logging.tensorboard=false", "logging.progress=false", "--fresh", "steps=60"]
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +207,7 @@ def test_cli_cluster_ray_two_by_two_trains_like_local(generator, local_default_r
     assert all(row["logprob_mismatch"] == pytest.approx(1.0, abs=1e-3) for row in ray_rows if "logprob_mismatch" in row)
     # the same embedded model (it is rebuilt when its builder changes) ...
     assert _model_path(out) == _model_path(local_default_run)
-    # ... trained to the same reward: across seeds this recipe's run mean spreads by about 0.1, local or Ray
-    # (seeds 0/1/2: local 0.198/0.152/0.182, Ray 2x2 0.157/0.160/0.076)
+    # ... trained to the same reward (replicas sample with their own seeds, so within a tolerance)
     assert sum(ray_rewards) / 60 == pytest.approx(sum(local_rewards) / 60, abs=0.12)
     assert any("val/accuracy" in row for row in ray_rows) and len(ray_rows) == len(local_rows)
 

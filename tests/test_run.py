@@ -154,15 +154,22 @@ def test_three_stage_flow_each_stage_from_previous_export(tmp_path):
     assert any(not torch.equal(w1[k], w3[k]) for k in w1)  # stages 2-3 trained on top of stage 1
 
 
+def rolling(values: list[float], window: int = 10) -> list[float]:
+    return [sum(values[i - window : i]) / window for i in range(window, len(values) + 1)]
+
+
 @pytest.mark.slow
-def test_embedded_default_learns(tmp_path):
-    """A short version of `rlx run`: the reward must really rise from the warmed-up start."""
-    out = tmp_path / "learn"
-    cfg = build_config(RECIPE, [f"output_dir={out}", "steps=60", "validation.period=0", "logging.progress=false",
-                                "logging.tensorboard=false", "checkpoint.export_hf=false"])
-    run(resolve_plan(cfg), console=Console(quiet=True))
-    rewards = [m["reward/mean"] for m in read_metrics(out / "metrics.jsonl")]
-    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
-    assert last > first + 0.1, rewards
+def test_embedded_default_run_reaches_target_reward(tmp_path):
+    """`rlx run` as a user runs it (the embedded default, through the CLI): the training reward starts low and
+    GRPO lifts its 10-step mean to >= 0.8. (How long that takes is measured by benchmarks/time_to_reward.py.)"""
+    out = tmp_path / "default"
+    proc = subprocess.run([sys.executable, "-m", "rlx.cli", "run", f"output_dir={out}", "logging.progress=false"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "starting reward (step 1)" in proc.stdout and "model (Hugging Face format)" in proc.stdout
+    rewards = [m["reward/mean"] for m in read_metrics(out / "metrics.jsonl") if "reward/mean" in m]
+    assert sum(rewards[:10]) / 10 < 0.6, rewards[:10]
+    assert max(rolling(rewards)) >= 0.8, rolling(rewards)
     warmup = json.loads(next(Path(os.environ["RLX_CACHE"]).glob("embedded-tiny-*/warmup.json")).read_text())
     assert 0 < warmup["sampled_accuracy"] < 0.6
+    assert (out / "hf" / "model.safetensors").is_file()

@@ -19,7 +19,7 @@ from rlx.config import RunConfig
 from rlx.errors import ConfigError
 from rlx.interfaces import Environment, ModelSpec
 from rlx.loop import GRPOLoop, PromptEncoder
-from rlx.metrics import MetricsLogger
+from rlx.metrics import MetricsLogger, truncate_metrics
 from rlx.plan import Plan
 
 log = logging.getLogger("rlx.run")
@@ -113,7 +113,7 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
     loop = GRPOLoop(
         generator=components.generator,
         trainer=components.trainer,
-        env=env,
+        env=components.env,  # scoring where the cluster puts it (Ray scorer actors, or this process)
         encoder=encoder,
         grpo=cfg.grpo,
         validation=cfg.validation,
@@ -138,6 +138,8 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
             console.print(f"[yellow]the checkpoint is at step {loop.step} >= steps={cfg.steps}: nothing to train. "
                           f"Raise `steps` to train further, or use --fresh to start over.[/yellow]")
 
+    # a run killed after logging a step but before checkpointing it will log that step again: keep one record
+    truncate_metrics(out / "metrics.jsonl", loop.step)
     logger = MetricsLogger(out, total_steps=cfg.steps, start_step=loop.step, tensorboard=cfg.logging.tensorboard,
                            wandb_project=cfg.logging.wandb_project, progress=cfg.logging.progress,
                            run_name=cfg.name, config=plan.config.model_dump(mode="json"), console=console)

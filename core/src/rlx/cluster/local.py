@@ -133,11 +133,8 @@ class LocalTrainerGroup:
             try:
                 rank, kind, what, payload = self._results.get(timeout=self.poll_s)
             except queue.Empty:
-                for rank, proc in enumerate(self._procs):
-                    if not proc.is_alive():
-                        raise self._fail(
-                            f"trainer rank {rank} died (exit code {proc.exitcode}) during '{call}'"
-                        ) from None
+                if any(not proc.is_alive() for proc in self._procs):
+                    raise self._fail(self._diagnose(call, [])) from None
                 if time.monotonic() > deadline:
                     raise self._fail(f"trainer call '{call}' took longer than {self.timeout_s:.0f} s") from None
                 continue
@@ -156,11 +153,12 @@ class LocalTrainerGroup:
                 continue
             if kind == _ERROR:
                 errors.append((rank, what, payload))
-        lines = [
-            f"trainer rank {rank} died (exit code {proc.exitcode}) during '{call}'"
-            for rank, proc in enumerate(self._procs)
-            if not proc.is_alive()
-        ]
+        # a rank that crashed (non-zero exit) is the cause; a peer that then left cleanly is a consequence
+        dead = sorted(
+            ((rank, proc.exitcode) for rank, proc in enumerate(self._procs) if not proc.is_alive()),
+            key=lambda item: item[1] == 0,
+        )
+        lines = [f"trainer rank {rank} died (exit code {code}) during '{call}'" for rank, code in dead]
         lines += [f"trainer rank {rank} raised in '{what}':\n{payload}" for rank, what, payload in errors]
         return "\n".join(lines)
 
