@@ -174,7 +174,7 @@ def run_rlx(args: argparse.Namespace, work: Path, cache: Path, label: str) -> di
         budget_s=args.rlx_budget,
     )
     summary = summarise(f"rlx ({label})", res, "reward/mean", "wall_time", args.window)
-    summary["command"] = " ".join(cmd)
+    summary["command"] = " ".join(["rlx", "run", "output_dir=<scratch>", *cmd[3:]])
     if not res["rows"]:
         print((work / f"rlx-{label}.log").read_text()[-3000:], file=sys.stderr)
     return summary
@@ -332,7 +332,7 @@ def trl_worker(args: argparse.Namespace) -> None:
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "model_dir_source": str(source),
+        "model_folder": source.name,
         "trl_config": {
             k: getattr(config, k)
             for k in (
@@ -392,6 +392,19 @@ def print_table(rows: list[dict[str, Any]], target: float, window: int) -> None:
         "the start of the training loop;\nfinal reward = rolling mean of the last steps run (each run stops at the "
         "target). torch threads: rlx the recipe's cpu_threads (1), TRL --threads (default 1, torch.set_num_threads)."
     )
+
+
+def scrubbed_argv(argv: Sequence[str]) -> list[str]:
+    """The command line without this machine's scratch/cache paths (they go into a committed results file)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--work", "--cache", "--rlx", "--trl-python"):
+            skip = True
+        elif not a.startswith(("--work=", "--cache=", "--rlx=", "--trl-python=")):
+            out.append(a)
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -455,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seed": args.seed,
             "differences": DIFFERENCES,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "command": " ".join(["python", "benchmarks/time_to_reward.py", *scrubbed_argv(sys.argv[1:])]),
             "results": rows,
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
