@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from rlx.config import build_config
 from rlx import hookimpl
+from rlx.config import build_config
 from rlx.interfaces import ModelSpec, Problem, Score
 
 QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -107,14 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides (e.g. generator.gpu_memory_utilization=0.4)")
     args = ap.parse_args(argv)
 
+    import importlib
+
     from rlx.cluster import build_components
     from rlx.loop import GRPOLoop, PromptEncoder
     from rlx.plan import resolve_plan
-    from rlx.run import load_tokenizer, quiet_libraries
-
-    import importlib
-
     from rlx.plugins import add_plugin
+    from rlx.run import load_tokenizer, quiet_libraries
 
     for module in args.plugin:
         add_plugin(importlib.import_module(module), module)

@@ -46,3 +46,23 @@ def test_help_lists_commands():
     out = _rlx("--help")
     for command in ("run", "plugins", "config", "eval", "export"):
         assert command in out.stdout
+
+
+def test_eval_writes_results_and_per_problem_file(tmp_path):
+    out = tmp_path / "eval"
+    proc = _rlx("eval", "--model", "builtin:tiny", "-k", "4", "--max-problems", "8", "--max-new-tokens", "12",
+                "--temperature", "1.0", "--top-p", "1.0", "-o", str(out), "env.num_workers=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["num_problems"] == 8 and result["samples"] == 4
+    assert 0 <= result["pass@1"] <= result["pass@2"] <= result["pass@4"] <= 1 and result["accuracy"] == result["avg@4"]
+    rows = [json.loads(line) for line in (out / "per_problem.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["completions"]) == 4 and len(r["rewards"]) == 4 for r in rows)
+    assert result["accuracy"] == sum(r["num_correct"] for r in rows) / 32
+
+
+def test_eval_rejects_bad_split():
+    out = _rlx("eval", "--model", "builtin:tiny", "--split", "test")
+    assert out.returncode == 2 and "--split" in out.stderr and "Traceback" not in out.stderr

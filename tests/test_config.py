@@ -87,7 +87,7 @@ def test_deepscaler_recipes_carry_published_hyperparameters():
     from .conftest import REPO
 
     stages = {s: build_config(REPO / f"recipes/deepscaler-1.5b-{s}.yaml") for s in ("8k", "16k", "24k")}
-    for s, cfg in stages.items():
+    for cfg in stages.values():
         g = cfg.grpo
         assert cfg.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
         assert (g.prompts_per_step, g.num_generations, g.mini_batch_size) == (128, 8, 64)

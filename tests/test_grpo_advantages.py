@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from rlx.grpo.advantages import group_advantages
 
 

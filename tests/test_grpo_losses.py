@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+
 from rlx.grpo.losses import LOSS_AGGREGATIONS, kl_k3, policy_loss, register_loss_aggregation
 from rlx.interfaces import TrainBatch
 

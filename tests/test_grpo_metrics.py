@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from rlx.grpo.metrics import entropy_from_logits, logprob_mismatch, pass_at_k, rollout_metrics
 
 

@@ -150,7 +150,7 @@ def test_three_stage_flow_each_stage_from_previous_export(tmp_path):
         assert str((parent / "best-hf").resolve()) in config or str(parent / "best-hf") in config
         metrics = read_metrics(stage / "metrics.jsonl")
         assert len(metrics) == 2 and all("train/kl" in m for m in metrics)
-    w1, w3 = _weights((s1 / "best-hf").resolve()), _weights((s3 / "hf"))
+    w1, w3 = _weights((s1 / "best-hf").resolve()), _weights(s3 / "hf")
     assert any(not torch.equal(w1[k], w3[k]) for k in w1)  # stages 2-3 trained on top of stage 1
 
 

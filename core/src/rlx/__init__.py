@@ -13,8 +13,8 @@ from rlx.interfaces import (
     SamplingParams,
     Score,
     TokenBatch,
-    Trainer,
     TrainBatch,
+    Trainer,
 )
 from rlx.plugins import hookimpl
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -32,12 +32,12 @@ app.add_typer(config_app, name="config")
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML recipe (may use `defaults:`)")]
-GeneratorOpt = Annotated[Optional[str], typer.Option("--generator", "-g", help="generator component name")]
-TrainerOpt = Annotated[Optional[str], typer.Option("--trainer", "-t", help="trainer component name")]
-EnvOpt = Annotated[Optional[str], typer.Option("--env", "-e", help="environment component name")]
-ClusterOpt = Annotated[Optional[str], typer.Option("--cluster", help="local | ray")]
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. grpo.num_generations=16 trainer.lr=1e-6")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML recipe (may use `defaults:`)")]
+GeneratorOpt = Annotated[str | None, typer.Option("--generator", "-g", help="generator component name")]
+TrainerOpt = Annotated[str | None, typer.Option("--trainer", "-t", help="trainer component name")]
+EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="environment component name")]
+ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="local | ray")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. grpo.num_generations=16 trainer.lr=1e-6")]
 
 
 @app.callback()

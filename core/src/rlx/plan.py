@@ -36,7 +36,7 @@ class Plan:
         c = self.config
         g = c.grpo
         lines = [f"[bold]rlx run[/bold] '{c.name}' -> {c.output_dir}"]
-        for section, kind in SECTIONS.items():
+        for kind in SECTIONS.values():
             spec = self.components[kind]
             lines.append(f"  {kind:<11} {spec.name:<8} ({spec.plugin.distribution} {spec.plugin.version})")
         lines.append(f"  model       {c.model.path} (dtype {c.model.dtype}, max_seq_len {c.model.max_seq_len})")
