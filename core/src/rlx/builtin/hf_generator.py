@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from rlx.builtin.configs import HFGeneratorConfig
 from rlx.builtin.threads import cpu_threads
 from rlx.errors import did_you_mean
+from rlx.generation import check_request
 from rlx.interfaces import Completion, FinishReason, ModelSpec, NamedTensors, SamplingParams
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -160,15 +161,7 @@ class HFGenerator:
         return results
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
-        if params.n < 1 or params.max_new_tokens < 1:
-            raise ValueError(
-                f"n and max_new_tokens must be >= 1, got n={params.n}, max_new_tokens={params.max_new_tokens}"
-            )
-        if params.temperature < 0 or not 0 < params.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {params.temperature}, {params.top_p}")
-        for i, prompt in enumerate(prompts):
-            if len(prompt) == 0:
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+        check_request(prompts, params)
 
     def _generate_batch(self, prompts: list[Sequence[int]], params: SamplingParams) -> list[Completion]:
         width = max(len(p) for p in prompts)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rlx.errors import ConfigError
+from rlx.generation import check_request
 from rlx.interfaces import Completion, ModelSpec, NamedTensors, SamplingParams
 from rlx.weights import iter_buckets, tensor_bytes
 from rlx_vllm.plugin import VLLMConfig
@@ -136,15 +137,8 @@ class VLLMGenerator:
         return [[to_completion(c) for c in sorted(out.outputs, key=lambda c: c.index)] * copies for out in outputs]
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
-        if params.n < 1 or params.max_new_tokens < 1:
-            raise ValueError(
-                f"n and max_new_tokens must be >= 1, got n={params.n}, max_new_tokens={params.max_new_tokens}"
-            )
-        if params.temperature < 0 or not 0 < params.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {params.temperature}, {params.top_p}")
+        check_request(prompts, params)
         for i, prompt in enumerate(prompts):
-            if len(prompt) == 0:
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
             if len(prompt) >= self.max_model_len:
                 raise ValueError(
                     f"prompt {i} has {len(prompt)} tokens; max_model_len is {self.max_model_len} "
