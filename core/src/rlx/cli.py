@@ -122,7 +122,7 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="machine-r
         return
     table = Table(title="rlx components")
     for col in ("kind", "name", "distribution", "version", "origin", "module"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["kind"], r["name"], r["distribution"], r["version"], r["origin"], r["module"])
     console.print(table)
