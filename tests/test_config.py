@@ -111,3 +111,25 @@ def test_choosing_another_generator_drops_the_recipes_options_out_loud(tmp_path,
     assert "gpu_memory_utilization" in caplog.text and "dropped" in caplog.text
     same = build_config(tmp_path / "r.yaml", generator="vllm")
     assert same.generator.options() == {"gpu_memory_utilization": 0.6}
+
+
+def test_recipe_inheriting_another_component_replaces_its_section(tmp_path):
+    (tmp_path / "base.yaml").write_text("generator:\n  name: vllm\n  gpu_memory_utilization: 0.6\ntrainer:\n  lr: 0.5\n")
+    (tmp_path / "sgl.yaml").write_text("defaults: [base.yaml]\ngenerator:\n  name: sglang\n  mem_fraction_static: 0.5\n")
+    (tmp_path / "same.yaml").write_text("defaults: [base.yaml]\ngenerator:\n  max_model_len: 99\n")
+    assert load_yaml(tmp_path / "sgl.yaml")["generator"] == {"name": "sglang", "mem_fraction_static": 0.5}
+    assert load_yaml(tmp_path / "same.yaml")["generator"] == {
+        "name": "vllm", "gpu_memory_utilization": 0.6, "max_model_len": 99}
+
+
+def test_sglang_variant_recipe_validates_against_the_sglang_config():
+    from rlx.config import component_config
+    from rlx.plugins import catalog
+
+    from .conftest import REPO
+
+    cfg = build_config(REPO / "recipes/deepscaler-1.5b-8k-sglang.yaml")
+    assert cfg.generator.options() == {"mem_fraction_static": 0.6, "context_length": 8192}
+    assert cfg.grpo.prompts_per_step == 128 and float(cfg.trainer.options()["lr"]) == 2e-6
+    spec = catalog().get("generator", "sglang")  # the engine itself need not be installed to validate
+    assert component_config(cfg.generator, spec.config, "generator").mem_fraction_static == 0.6

@@ -135,10 +135,22 @@ class RunConfig(Strict):
 # ---------------------------------------------------------------------------------------------- loading
 
 
+def _names_another_component(key: str, base: Any, over: Any) -> bool:
+    """A recipe that switches `generator: {name: ...}` (etc.) to another component replaces the whole section:
+    the inherited options belonged to the other component."""
+    if key not in ("generator", "trainer", "env") or not isinstance(over, dict | str):
+        return False
+    name = over if isinstance(over, str) else over.get("name")
+    old = base if isinstance(base, str) else base.get("name") if isinstance(base, dict) else None
+    return name is not None and old is not None and name != old
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if _names_another_component(key, out.get(key), value):
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
