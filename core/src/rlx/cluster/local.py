@@ -153,14 +153,13 @@ class LocalTrainerGroup:
                 continue
             if kind == _ERROR:
                 errors.append((rank, what, payload))
-        # a rank that crashed (non-zero exit) is the cause; a peer that then left cleanly is a consequence
-        dead = sorted(
-            ((rank, proc.exitcode) for rank, proc in enumerate(self._procs) if not proc.is_alive()),
-            key=lambda item: item[1] == 0,
-        )
-        lines = [f"trainer rank {rank} died (exit code {code}) during '{call}'" for rank, code in dead]
-        lines += [f"trainer rank {rank} raised in '{what}':\n{payload}" for rank, what, payload in errors]
-        return "\n".join(lines)
+        # root cause first: a rank that crashed (non-zero exit) or raised; a peer that then left cleanly (exit
+        # code 0, its collective broken) is a consequence and comes last
+        dead = [(rank, proc.exitcode) for rank, proc in enumerate(self._procs) if not proc.is_alive()]
+        crashed = [f"trainer rank {rank} died (exit code {code}) during '{call}'" for rank, code in dead if code != 0]
+        raised = [f"trainer rank {rank} raised in '{what}':\n{payload}" for rank, what, payload in errors]
+        left = [f"trainer rank {rank} died (exit code {code}) during '{call}'" for rank, code in dead if code == 0]
+        return "\n".join(crashed + raised + left)
 
     def _gather(self, call: str) -> list[Any]:
         """Wait for every rank's answer to `call`; returns them by rank."""
