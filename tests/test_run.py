@@ -173,3 +173,15 @@ def test_embedded_default_run_reaches_target_reward(tmp_path):
     warmup = json.loads(next(Path(os.environ["RLX_CACHE"]).glob("embedded-tiny-*/warmup.json")).read_text())
     assert 0 < warmup["sampled_accuracy"] < 0.6
     assert (out / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fresh_start_sets_earlier_checkpoints_aside(tmp_path):
+    out = tmp_path / "run"
+    _run(out, "steps=1")
+    _run(out, "steps=1", "checkpoint.resume=false")
+    aside = [p for p in out.iterdir() if p.name.startswith("checkpoints.before-")]
+    assert len(aside) == 1 and CheckpointManager(aside[0]).latest().step == 1
+    assert [c.step for c in CheckpointManager(out / "checkpoints").list()] == [1]
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1]
+    assert len(list(out.glob("metrics.before-*.jsonl"))) == 1  # the earlier run's records, kept aside

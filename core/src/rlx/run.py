@@ -128,6 +128,16 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
     (out / "config.yaml").write_text(config_yaml)
 
     latest = ckpt.latest() if cfg.checkpoint.resume else None
+    if latest is None:
+        # starting over where an earlier run left checkpoints or metrics: set them aside, so two runs never mix
+        # and nothing is lost
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if ckpt.list():
+            aside = out / f"checkpoints.before-{stamp}"
+            (out / "checkpoints").rename(aside)
+            console.print(f"[yellow]starting fresh: the earlier checkpoints were moved to {aside}[/yellow]")
+        if (out / "metrics.jsonl").is_file():
+            (out / "metrics.jsonl").rename(out / f"metrics.before-{stamp}.jsonl")
     if latest is not None:
         state = ckpt.load(latest, components.trainer)
         loop.step = state["step"]
