@@ -178,8 +178,9 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
             summary.update(export_final_and_best(out, ckpt, components, loop.step))
     finally:
         logger.close()
-        components.close()
-        env.close()
+        components.close()  # closes components.env: the local environment itself, or the cluster's scorers
+        if components.env is not env:
+            env.close()
     summary["final"] = last
     summary["wall_time_s"] = time.time() - t_start
     if last:
