@@ -8,7 +8,8 @@ Boundary mimicked, as read from sglang 0.5.14 (same in 0.5.23):
 - sampling dicts are `srt/sampling/sampling_params.py` SamplingParams kwargs (unknown key -> TypeError);
   temperature 0 means greedy; top_k -1 means off; `verify()` range checks.
 - finish_reason: {"type": "stop", "matched": id} (stop token kept in output_ids), {"type": "length", "length": n},
-  {"type": "abort", "message": ...} (srt/managers/schedule_batch.py FINISH_*).
+  {"type": "abort", "message": ...} (srt/managers/schedule_batch.py FINISH_*); the length limit is tested before
+  the stop tokens (`Req.update_finish_state`), so a stop token sampled last is reported as "length".
 - logprobs: log(softmax(logits / T)) of the sampled token, computed before top-k filtering; greedy:
   log_softmax(logits) (srt/layers/sampler.py `Sampler.forward`).
 - `update_weights_from_tensor(named_tensors, load_format=None|"flattened_bucket", flush_cache)` -> (bool, str);
@@ -18,7 +19,9 @@ Boundary mimicked, as read from sglang 0.5.14 (same in 0.5.23):
 - `init_weights_update_group(...)`, `update_weights_from_distributed(names, dtypes, shapes, group_name,
   flush_cache, load_format)` -> (bool, str); flattened receive = one uint8 broadcast (model_runner.py).
 - `release_memory_occupation(tags)` / `resume_memory_occupation(tags)`: resuming a tag not released fails
-  (`offload_tags.remove`, srt/managers/scheduler_components/weight_updater.py); `flush_cache()`; `shutdown()`.
+  (`offload_tags.remove`, srt/managers/scheduler_components/weight_updater.py); released weights come back
+  intact only with `enable_weights_cpu_backup` (torch_memory_saver's CPU backup, model_runner.py `load_model`);
+  `flush_cache()`; `shutdown()`.
 """
 
 from __future__ import annotations
@@ -72,8 +75,9 @@ def reconstruct(data: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
 class FakeSGLangEngine:
     """Toy model: logits of the next token = W[last token] (W: (VOCAB, VOCAB) float32, name "lm_head.weight")."""
 
-    def __init__(self, tp_size: int = 1, weight: torch.Tensor | None = None) -> None:
+    def __init__(self, tp_size: int = 1, weight: torch.Tensor | None = None, weights_cpu_backup: bool = True) -> None:
         self.tp_size = tp_size
+        self.weights_cpu_backup = weights_cpu_backup  # ServerArgs.enable_weights_cpu_backup
         gen = torch.Generator().manual_seed(0)
         self.weights = {"lm_head.weight": weight if weight is not None else torch.randn(VOCAB, VOCAB, generator=gen)}
         self.offload_tags: set[str] = set()
@@ -141,6 +145,9 @@ class FakeSGLangEngine:
             output_ids.append(token)
             logprobs.append((logprob, token, None))
             last = token
+            # sglang checks the length limit first: a stop token sampled last is reported as "length"
+            if len(output_ids) >= sp["max_new_tokens"]:
+                break
             if token in stop_ids:
                 finish = {"type": "stop", "matched": token}
                 break
@@ -211,6 +218,9 @@ class FakeSGLangEngine:
         tags = tags or ["kv_cache", "weights", "cuda_graph"]
         self.calls.append(("release", list(tags)))
         self.offload_tags.update(tags)
+        if "weights" in tags and not self.weights_cpu_backup:
+            # torch_memory_saver frees the region; resumed memory holds whatever the allocator hands back
+            self.weights = {name: torch.full_like(w, float("nan")) for name, w in self.weights.items()}
 
     def resume_memory_occupation(self, tags=None):
         tags = tags or ["kv_cache", "weights", "cuda_graph"]

@@ -31,9 +31,10 @@ MODEL = ModelSpec(path="/models/qwen", dtype="bfloat16", max_seq_len=4096)
 
 
 def make(engine: FakeSGLangEngine | None = None, **options) -> tuple[SGLangGenerator, FakeSGLangEngine]:
-    engine = engine or FakeSGLangEngine(tp_size=options.get("tp_size", 1))
+    config = SGLangConfig(**options)
+    engine = engine or FakeSGLangEngine(tp_size=config.tp_size, weights_cpu_backup=config.weights_cpu_backup)
     gen = SGLangGenerator(
-        SGLangConfig(**options), model=MODEL, seed=3, engine=engine, encode_bucket=fake_flattened_encoder
+        config, model=MODEL, seed=3, engine=engine, encode_bucket=fake_flattened_encoder, eos_token_ids={EOS}
     )
     return gen, engine
 
@@ -122,6 +123,42 @@ def test_finish_reasons_stop_keeps_the_stop_token_and_length():
     assert custom[0].token_ids == (9,) and custom[0].finish_reason == "stop"
 
 
+def test_a_stop_token_sampled_as_the_last_allowed_token_is_a_stop():
+    """sglang reports "length" there (it tests the limit first); rlx says "stop", like the other generators."""
+    weight = torch.full((VOCAB, VOCAB), -10.0)
+    weight[1, 9] = 10.0  # 1 -> 9 -> EOS -> 3 ... greedily
+    weight[9, EOS] = 10.0
+    weight[EOS, 3] = 10.0
+    gen, _ = make(FakeSGLangEngine(weight=weight))
+    (eos_last,) = gen.generate([[1]], SamplingParams(temperature=0.0, max_new_tokens=2))
+    assert eos_last[0].token_ids == (9, EOS) and eos_last[0].finish_reason == "stop"
+    (custom_last,) = gen.generate([[1]], SamplingParams(temperature=0.0, max_new_tokens=1, stop_token_ids=(9,)))
+    assert custom_last[0].token_ids == (9,) and custom_last[0].finish_reason == "stop"
+    (plain,) = gen.generate([[1]], SamplingParams(temperature=0.0, max_new_tokens=1))
+    assert plain[0].token_ids == (9,) and plain[0].finish_reason == "length"
+
+
+def test_model_eos_token_ids_reads_config_generation_config_and_tokenizer(tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from rlx.testing.fixtures import make_tiny_model
+    from rlx_sglang.generator import model_eos_token_ids
+
+    folder = make_tiny_model(tmp_path / "m")
+    tokenizer_eos = AutoTokenizer.from_pretrained(folder).eos_token_id
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["eos_token_id"] = 7
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 11]}))
+    spec = ModelSpec(path=folder)
+    assert model_eos_token_ids(spec, with_tokenizer=True) == {7, 11, tokenizer_eos}
+    assert model_eos_token_ids(spec, with_tokenizer=False) == {7, 11}
+    (tmp_path / "m" / "generation_config.json").unlink()
+    assert model_eos_token_ids(spec, with_tokenizer=False) == {7}
+
+
 def test_aborted_request_raises_with_the_engine_message():
     gen, engine = make()
     engine.abort_next = "The input (5000 tokens) is longer than the model's context length (4096 tokens)."
@@ -195,6 +232,7 @@ def test_flattened_buckets_are_split_by_dtype_so_every_view_is_aligned(weight_sy
         engine=engine,
         encode_bucket=fake_flattened_encoder,
         broadcaster=FakeBroadcaster(engine),
+        eos_token_ids={EOS},
     )
     gen.update_weights(iter([("odd", torch.ones(5, dtype=torch.bfloat16)), ("norm", torch.full((3,), 2.0)),
                              *_new_weights()]))  # fmt: skip
@@ -222,7 +260,7 @@ def test_nccl_path_broadcasts_what_the_engine_expects(weight_format):
     gen = SGLangGenerator(
         SGLangConfig(weight_sync="nccl", weight_format=weight_format, tp_size=2, nccl_device="cpu",
                      nccl_master_port=29555),  # fmt: skip
-        model=MODEL, seed=0, engine=engine, broadcaster=broadcaster,
+        model=MODEL, seed=0, engine=engine, broadcaster=broadcaster, eos_token_ids={EOS},
     )  # fmt: skip
     before = gen.generate([[1]], SamplingParams(temperature=0.0, max_new_tokens=4))
     gen.update_weights(iter([*_new_weights(), ("bias", torch.ones(3, dtype=torch.bfloat16))]))
@@ -279,6 +317,26 @@ def test_update_weights_while_asleep_brings_back_only_the_weights():
     assert [tags for name, tags in engine.calls if name == "resume"] == [["weights", "cuda_graph"], ["kv_cache"]]
 
 
+def test_sleep_keeps_the_weights_with_the_default_cpu_backup():
+    gen, engine = make()
+    before = gen.generate([[1], [4]], SamplingParams(temperature=0.0, max_new_tokens=6))
+    gen.sleep()
+    gen.wake_up()
+    assert gen.generate([[1], [4]], SamplingParams(temperature=0.0, max_new_tokens=6)) == before
+
+
+def test_without_cpu_backup_wake_up_needs_a_weight_push_first():
+    gen, engine = make(weights_cpu_backup=False)
+    gen.sleep()
+    with pytest.raises(RuntimeError, match="update_weights\\(\\) before wake_up"):
+        gen.wake_up()
+    assert engine.offload_tags == {"kv_cache", "weights", "cuda_graph"}  # still asleep, nothing half-resumed
+    gen.update_weights(iter(_new_weights()))
+    gen.wake_up()
+    (group,) = gen.generate([[1]], SamplingParams(temperature=0.0, max_new_tokens=4))
+    assert all(lp == lp for lp in group[0].logprobs)  # not NaN: the pushed weights, not the dropped ones
+
+
 def test_sleep_is_a_noop_without_memory_saver():
     gen, engine = make(enable_memory_saver=False)
     gen.sleep()
@@ -310,15 +368,18 @@ def test_engine_kwargs_map_the_config_onto_server_args():
         "random_seed": 5,
         "base_gpu_id": 0,
         "enable_memory_saver": True,
+        "enable_weights_cpu_backup": True,
         "enable_deterministic_inference": False,
         "skip_tokenizer_init": False,
+        "grammar_backend": "none",
     }
     custom = SGLangConfig(
         mem_fraction_static=0.4, tp_size=2, context_length=8192, dtype="float16", attention_backend="fa3",
-        sampling_backend="pytorch", seed=9, engine_args={"disable_cuda_graph": True},
+        sampling_backend="pytorch", grammar_backend="xgrammar", seed=9, engine_args={"disable_cuda_graph": True},
     )  # fmt: skip
     kwargs = engine_kwargs(custom, MODEL, seed=5)
     assert kwargs["mem_fraction_static"] == 0.4 and kwargs["attention_backend"] == "fa3"
+    assert kwargs["grammar_backend"] == "xgrammar"
     assert kwargs["sampling_backend"] == "pytorch" and kwargs["disable_cuda_graph"] is True
     assert (kwargs["tp_size"], kwargs["context_length"], kwargs["dtype"], kwargs["random_seed"]) == (
         2,

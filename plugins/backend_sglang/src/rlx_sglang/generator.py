@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rlx.errors import ComponentError
@@ -54,8 +54,10 @@ def engine_kwargs(config: SGLangConfig, model: ModelSpec, seed: int) -> dict[str
         "random_seed": seed if config.seed is None else config.seed,
         "base_gpu_id": config.base_gpu_id,
         "enable_memory_saver": config.enable_memory_saver,
+        "enable_weights_cpu_backup": config.enable_memory_saver and config.weights_cpu_backup,
         "enable_deterministic_inference": config.deterministic_inference,
         "skip_tokenizer_init": config.skip_tokenizer_init,
+        "grammar_backend": config.grammar_backend,
     }
     for key in ("mem_fraction_static", "attention_backend", "sampling_backend"):
         value = getattr(config, key)
@@ -129,12 +131,19 @@ def build_requests(
     return input_ids, sampling
 
 
-def to_completion(output: Mapping[str, Any]) -> Completion:
+def to_completion(output: Mapping[str, Any], stop_ids: Collection[int] = frozenset()) -> Completion:
     """One sglang result dict ({"output_ids", "meta_info": {"output_token_logprobs", "finish_reason"}})
-    -> Completion. Raises on an aborted request or logprobs that do not line up with the tokens."""
+    -> Completion. Raises on an aborted request or logprobs that do not line up with the tokens.
+
+    `stop_ids`: the request's stop tokens (EOS + stop_token_ids). sglang tests the length limit before the stop
+    tokens (schedule_batch.py `update_finish_state`), so a stop token sampled as the last allowed token is
+    reported as "length"; rlx reports it as "stop", as the other generators do.
+    """
     meta = output["meta_info"]
     reason = finish_reason(meta)  # first: an aborted request carries no logprobs, only the reason
     token_ids = tuple(int(t) for t in output["output_ids"])
+    if reason == "length" and token_ids and token_ids[-1] in stop_ids:
+        reason = "stop"
     entries = meta.get("output_token_logprobs")
     if entries is None:
         raise RuntimeError(f"sglang returned no output_token_logprobs for request {meta.get('id')}")
@@ -166,11 +175,39 @@ def finish_reason(meta: Mapping[str, Any]) -> FinishReason:
     raise RuntimeError(f"sglang request {meta.get('id')} finished with an unknown reason {reason!r}")
 
 
-def group_completions(outputs: Sequence[Mapping[str, Any]], num_prompts: int, n: int) -> list[list[Completion]]:
+def group_completions(
+    outputs: Sequence[Mapping[str, Any]], num_prompts: int, n: int, stop_ids: Collection[int] = frozenset()
+) -> list[list[Completion]]:
     """Prompt-major flat results -> one list of n completions per prompt."""
     if len(outputs) != num_prompts * n:
         raise RuntimeError(f"sglang returned {len(outputs)} results for {num_prompts} prompts x n={n}")
-    return [[to_completion(outputs[i * n + j]) for j in range(n)] for i in range(num_prompts)]
+    return [[to_completion(outputs[i * n + j], stop_ids) for j in range(n)] for i in range(num_prompts)]
+
+
+def model_eos_token_ids(model: ModelSpec, *, with_tokenizer: bool) -> frozenset[int]:
+    """The EOS ids sglang stops at: the model config's and generation config's `eos_token_id` (sglang's
+    `hf_eos_token_id`) and, unless the tokenizer is skipped, the tokenizer's EOS."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    ids: set[int] = set()
+
+    def add(value: Any) -> None:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+
+    add(
+        getattr(AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code), "eos_token_id", None)
+    )
+    try:
+        add(GenerationConfig.from_pretrained(model.path).eos_token_id)
+    except OSError:  # no generation_config.json: sglang then uses the model config alone
+        pass
+    if with_tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path, trust_remote_code=model.trust_remote_code)
+        add(tokenizer.eos_token_id)
+    return frozenset(ids)
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -320,16 +357,21 @@ class SGLangGenerator:
         engine: Any = None,
         encode_bucket: BucketEncoder | None = None,
         broadcaster: WeightBroadcaster | None = None,
+        eos_token_ids: Collection[int] | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self._seed = seed if config.seed is None else config.seed
+        if eos_token_ids is None:
+            eos_token_ids = model_eos_token_ids(model, with_tokenizer=not config.skip_tokenizer_init)
+        self._eos_ids = frozenset(int(t) for t in eos_token_ids)
         self._engine = engine if engine is not None else _make_engine(config, model, seed)
         self._encode_bucket = encode_bucket or sglang_flattened_payload
         self._broadcaster = broadcaster
         self._nccl_ready = False
         self._calls = 0
         self._released: set[str] = set()
+        self._weights_dropped = False  # sleep() released the weights without a CPU copy
         self._closed = False
 
     # -- generation ---------------------------------------------------------------------------
@@ -354,7 +396,8 @@ class SGLangGenerator:
         outputs = self._engine.generate(input_ids=input_ids, sampling_params=sampling, return_logprob=True)
         if isinstance(outputs, Mapping):  # sglang unwraps a batch of one request
             outputs = [outputs]
-        return group_completions(outputs, len(prompts), params.n)
+        stop_ids = self._eos_ids | {int(t) for t in params.stop_token_ids}
+        return group_completions(outputs, len(prompts), params.n, stop_ids)
 
     # -- weights ------------------------------------------------------------------------------
 
@@ -379,6 +422,7 @@ class SGLangGenerator:
             sent += len(bucket)
         if sent == 0:
             raise ValueError("update_weights() got no tensors: the weight stream was empty")
+        self._weights_dropped = False  # the contract: update_weights pushes every weight
         # one cache flush at the end instead of one per bucket: cached prefixes were computed with old weights
         self._engine.flush_cache()
 
@@ -459,10 +503,18 @@ class SGLangGenerator:
         if to_release:
             self._engine.release_memory_occupation(tags=to_release)
             self._released.update(to_release)
+            if "weights" in to_release and not self.config.weights_cpu_backup:
+                self._weights_dropped = True
 
     def wake_up(self) -> None:
         """Resume what sleep() released: weights (and CUDA graphs) first, then the KV cache."""
         self._check_open()
+        if self._weights_dropped:
+            raise RuntimeError(
+                "sglang generator: sleep() dropped the weights without a CPU copy (generator.weights_cpu_backup "
+                "is false), so waking would sample from garbage; push the weights with update_weights() before "
+                "wake_up(), or set generator.weights_cpu_backup=true"
+            )
         for group in (WEIGHT_TAGS, KV_CACHE_TAGS):
             # sglang fails on resuming a tag it did not release, so resume only what is released
             tags = [tag for tag in group if tag in self._released]

@@ -33,9 +33,19 @@ class SGLangConfig(BaseModel):
         None, description="e.g. flashinfer | fa3 | triton | torch_native (None: sglang decides)"
     )
     sampling_backend: Literal["flashinfer", "pytorch"] | None = None
+    grammar_backend: str = Field(
+        "none",
+        description="structured-output backend (xgrammar | outlines | llguidance | none); rlx sends no grammars, "
+        "so none skips building one at start-up and the xgrammar dependency",
+    )
     seed: int | None = Field(None, description="engine random seed (default: the run seed)")
     base_gpu_id: int = Field(0, ge=0, description="first GPU the engine uses")
     enable_memory_saver: bool = Field(True, description="needed for sleep()/wake_up() (torch_memory_saver)")
+    weights_cpu_backup: bool = Field(
+        True,
+        description="sleep() copies the weights to CPU memory and wake_up() restores them; false: sleep() drops "
+        "them (no copy), and the next update_weights() must push every weight before wake_up()",
+    )
     deterministic_inference: bool = Field(False, description="batch-invariant kernels; per-request seeds are honoured")
     skip_tokenizer_init: bool = Field(
         False, description="token ids in/out only; then only the model config's EOS ids stop, not the tokenizer's"
@@ -61,8 +71,8 @@ class SGLangConfig(BaseModel):
         # these keys have their own typed option; passing them twice would be ambiguous
         owned = {
             "model_path", "tokenizer_path", "mem_fraction_static", "tp_size", "context_length", "dtype",
-            "attention_backend", "sampling_backend", "random_seed", "base_gpu_id", "enable_memory_saver",
-            "enable_deterministic_inference", "skip_tokenizer_init", "trust_remote_code",
+            "attention_backend", "sampling_backend", "grammar_backend", "random_seed", "base_gpu_id",
+            "enable_memory_saver", "enable_weights_cpu_backup", "enable_deterministic_inference", "skip_tokenizer_init", "trust_remote_code",
         }  # fmt: skip
         clash = sorted(owned & set(self.engine_args))
         if clash:
