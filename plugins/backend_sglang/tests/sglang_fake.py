@@ -75,7 +75,7 @@ def reconstruct(data: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
 class FakeSGLangEngine:
     """Toy model: logits of the next token = W[last token] (W: (VOCAB, VOCAB) float32, name "lm_head.weight")."""
 
-    def __init__(self, tp_size: int = 1, weight: torch.Tensor | None = None, weights_cpu_backup: bool = True) -> None:
+    def __init__(self, tp_size: int = 1, weight: torch.Tensor | None = None, weights_cpu_backup: bool = False) -> None:
         self.tp_size = tp_size
         self.weights_cpu_backup = weights_cpu_backup  # ServerArgs.enable_weights_cpu_backup
         gen = torch.Generator().manual_seed(0)

@@ -32,7 +32,8 @@ MODEL = ModelSpec(path="/models/qwen", dtype="bfloat16", max_seq_len=4096)
 
 def make(engine: FakeSGLangEngine | None = None, **options) -> tuple[SGLangGenerator, FakeSGLangEngine]:
     config = SGLangConfig(**options)
-    engine = engine or FakeSGLangEngine(tp_size=config.tp_size, weights_cpu_backup=config.weights_cpu_backup)
+    backup = config.sleep_weights == "backup"
+    engine = engine or FakeSGLangEngine(tp_size=config.tp_size, weights_cpu_backup=backup)
     gen = SGLangGenerator(
         config, model=MODEL, seed=3, engine=engine, encode_bucket=fake_flattened_encoder, eos_token_ids={EOS}
     )
@@ -294,7 +295,7 @@ def test_flatten_for_broadcast_and_dtype_names():
 
 
 def test_sleep_then_wake_up_resumes_weights_before_kv_cache():
-    gen, engine = make()
+    gen, engine = make(sleep_weights="backup")
     gen.sleep()
     gen.sleep()  # idempotent
     assert engine.offload_tags == {"kv_cache", "weights", "cuda_graph"}
@@ -307,8 +308,9 @@ def test_sleep_then_wake_up_resumes_weights_before_kv_cache():
     assert gen.generate([[1]], SamplingParams(max_new_tokens=2))
 
 
-def test_update_weights_while_asleep_brings_back_only_the_weights():
-    gen, engine = make()
+@pytest.mark.parametrize("mode", ["backup", "drop"])
+def test_update_weights_while_asleep_brings_back_only_the_weights(mode):
+    gen, engine = make(sleep_weights=mode)
     gen.sleep()
     gen.update_weights(iter(_new_weights()))
     assert engine.offload_tags == {"kv_cache"}
@@ -317,16 +319,20 @@ def test_update_weights_while_asleep_brings_back_only_the_weights():
     assert [tags for name, tags in engine.calls if name == "resume"] == [["weights", "cuda_graph"], ["kv_cache"]]
 
 
-def test_sleep_keeps_the_weights_with_the_default_cpu_backup():
-    gen, engine = make()
+@pytest.mark.parametrize(("mode", "released"), [("keep", {"kv_cache", "cuda_graph"}),
+                                                ("backup", {"kv_cache", "cuda_graph", "weights"})])  # fmt: skip
+def test_sleep_then_wake_up_keeps_the_weights_when_kept_or_backed_up(mode, released):
+    gen, engine = make(sleep_weights=mode)
     before = gen.generate([[1], [4]], SamplingParams(temperature=0.0, max_new_tokens=6))
     gen.sleep()
+    assert engine.offload_tags == released
     gen.wake_up()
+    assert engine.offload_tags == set()
     assert gen.generate([[1], [4]], SamplingParams(temperature=0.0, max_new_tokens=6)) == before
 
 
 def test_without_cpu_backup_wake_up_needs_a_weight_push_first():
-    gen, engine = make(weights_cpu_backup=False)
+    gen, engine = make(sleep_weights="drop")
     gen.sleep()
     with pytest.raises(RuntimeError, match="update_weights\\(\\) before wake_up"):
         gen.wake_up()
@@ -368,7 +374,7 @@ def test_engine_kwargs_map_the_config_onto_server_args():
         "random_seed": 5,
         "base_gpu_id": 0,
         "enable_memory_saver": True,
-        "enable_weights_cpu_backup": True,
+        "enable_weights_cpu_backup": False,
         "enable_deterministic_inference": False,
         "skip_tokenizer_init": False,
         "grammar_backend": "none",

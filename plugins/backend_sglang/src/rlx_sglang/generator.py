@@ -28,6 +28,7 @@ WEIGHT_GROUP = "rlx_weight_update"
 # sglang's memory tags (sglang/srt/constants.py). Weights come back before the KV cache (the contract's order).
 WEIGHT_TAGS = ("weights", "cuda_graph")
 KV_CACHE_TAGS = ("kv_cache",)
+ALWAYS_RELEASED = ("kv_cache", "cuda_graph")  # what sleep() frees whatever `sleep_weights` says
 _SEED_MODULUS = 2**31 - 1  # sglang turns sampling_seed into an int64 tensor; keep well inside it
 
 Bucket = list[tuple[str, "torch.Tensor"]]
@@ -54,7 +55,7 @@ def engine_kwargs(config: SGLangConfig, model: ModelSpec, seed: int) -> dict[str
         "random_seed": seed if config.seed is None else config.seed,
         "base_gpu_id": config.base_gpu_id,
         "enable_memory_saver": config.enable_memory_saver,
-        "enable_weights_cpu_backup": config.enable_memory_saver and config.weights_cpu_backup,
+        "enable_weights_cpu_backup": config.enable_memory_saver and config.sleep_weights == "backup",
         "enable_deterministic_inference": config.deterministic_inference,
         "skip_tokenizer_init": config.skip_tokenizer_init,
         "grammar_backend": config.grammar_backend,
@@ -494,16 +495,18 @@ class SGLangGenerator:
     # -- memory ---------------------------------------------------------------------------------
 
     def sleep(self) -> None:
-        """Release weights, CUDA graphs and KV cache (needs enable_memory_saver; else a logged no-op)."""
+        """Release the KV cache and CUDA graphs, and the weights unless `sleep_weights` is keep (needs
+        enable_memory_saver; else a logged no-op)."""
         self._check_open()
         if not self.config.enable_memory_saver:
             log.warning("sglang generator: sleep() is a no-op because enable_memory_saver is off")
             return
-        to_release = [tag for tag in (*KV_CACHE_TAGS, *WEIGHT_TAGS) if tag not in self._released]
+        tags = ALWAYS_RELEASED if self.config.sleep_weights == "keep" else (*KV_CACHE_TAGS, *WEIGHT_TAGS)
+        to_release = [tag for tag in tags if tag not in self._released]
         if to_release:
             self._engine.release_memory_occupation(tags=to_release)
             self._released.update(to_release)
-            if "weights" in to_release and not self.config.weights_cpu_backup:
+            if "weights" in to_release and self.config.sleep_weights == "drop":
                 self._weights_dropped = True
 
     def wake_up(self) -> None:
@@ -511,9 +514,9 @@ class SGLangGenerator:
         self._check_open()
         if self._weights_dropped:
             raise RuntimeError(
-                "sglang generator: sleep() dropped the weights without a CPU copy (generator.weights_cpu_backup "
-                "is false), so waking would sample from garbage; push the weights with update_weights() before "
-                "wake_up(), or set generator.weights_cpu_backup=true"
+                "sglang generator: sleep() dropped the weights without a copy (generator.sleep_weights=drop), so "
+                "waking would sample from garbage; push the weights with update_weights() before wake_up(), or set "
+                "generator.sleep_weights to keep or backup"
             )
         for group in (WEIGHT_TAGS, KV_CACHE_TAGS):
             # sglang fails on resuming a tag it did not release, so resume only what is released
