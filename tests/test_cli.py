@@ -66,3 +66,9 @@ def test_eval_writes_results_and_per_problem_file(tmp_path):
 def test_eval_rejects_bad_split():
     out = _rlx("eval", "--model", "builtin:tiny", "--split", "test")
     assert out.returncode == 2 and "--split" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_error_text_in_square_brackets_is_printed_as_is():
+    """Messages quote user input and install commands (pip install 'rlx-sglang[engine]'): not rich markup."""
+    out = _rlx("run", "--dry-run", "grpo.num_generations=x[engine]")
+    assert out.returncode == 2 and "x[engine]" in out.stderr, out.stderr

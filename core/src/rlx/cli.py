@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rlx.errors import RlxError
@@ -37,7 +38,9 @@ GeneratorOpt = Annotated[str | None, typer.Option("--generator", "-g", help="gen
 TrainerOpt = Annotated[str | None, typer.Option("--trainer", "-t", help="trainer component name")]
 EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="environment component name")]
 ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="local | ray")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. grpo.num_generations=16 trainer.lr=1e-6")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="dotted overrides, e.g. grpo.num_generations=16 trainer.lr=1e-6")
+]
 
 
 @app.callback()
@@ -75,7 +78,9 @@ def run_cmd(
     trainer: TrainerOpt = None,
     env: EnvOpt = None,
     cluster: ClusterOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate everything, print the plan, load nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate everything, print the plan, load nothing")
+    ] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="ignore checkpoints in output_dir and start over")] = False,
 ) -> None:
     """Train with GRPO. With no arguments: the embedded tiny model on toy arithmetic, on the CPU."""
@@ -127,7 +132,9 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="machine-r
         table.add_row(r["kind"], r["name"], r["distribution"], r["version"], r["origin"], r["module"])
     console.print(table)
     for b in broken:
-        console.print(f"[red]broken plugin[/red] {b['plugin']} ({b['distribution']} {b['version']}): {b['error']}")
+        console.print(
+            f"[red]broken plugin[/red] {escape(b['plugin'])} ({b['distribution']} {b['version']}): {escape(b['error'])}"
+        )
 
 
 @config_app.command("show")
@@ -155,15 +162,19 @@ def main(argv: list[str] | None = None) -> None:
 
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_time=False, show_path=False)])
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_time=False, show_path=False)],
+    )
     logging.getLogger("rlx").setLevel(logging.INFO)
     try:
         # builtin commands that live in their own modules (eval, export) register through the same hook
         _load_extra_commands()
         app(args=argv, standalone_mode=True)
     except RlxError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        # escaped: messages quote user input and install commands such as pip install 'rlx-sglang[engine]'
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
