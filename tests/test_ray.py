@@ -132,8 +132,12 @@ def test_two_nodes_spread_trainer_matches_local_weights(local_run, cluster, tmp_
     assert rewards(out) == pytest.approx(rewards(local_out), abs=1e-6)
     ray_weights, local_weights = safetensors_weights(out / "hf"), safetensors_weights(local_out / "hf")
     assert ray_weights.keys() == local_weights.keys()
+    # atol: 5% of one Adam step (lr 1e-3). 1 and 2 ranks sum gradients in different orders, and Adam divides each
+    # gradient by its own scale, so entries whose gradient is near zero turn rounding into a visible fraction of a
+    # step (seen: 1.9e-5 on 2 of 64 bias entries after 8 steps); gradients from other data move most entries by
+    # a large fraction of a step (~1e-3) and fail this
     for name, tensor in local_weights.items():
-        torch.testing.assert_close(ray_weights[name], tensor, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(ray_weights[name], tensor, atol=5e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
     push = built[0].generator.last_push
     assert push is not None and push.bytes > 0 and push.buckets >= 1 and push.transport == "object-store"
 
