@@ -38,9 +38,7 @@ GeneratorOpt = Annotated[str | None, typer.Option("--generator", "-g", help="gen
 TrainerOpt = Annotated[str | None, typer.Option("--trainer", "-t", help="trainer component name")]
 EnvOpt = Annotated[str | None, typer.Option("--env", "-e", help="environment component name")]
 ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="local | ray")]
-Overrides = Annotated[
-    list[str] | None, typer.Argument(help="dotted overrides, e.g. grpo.num_generations=16 trainer.lr=1e-6")
-]
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. grpo.num_generations=16 trainer.lr=1e-6")]
 
 
 @app.callback()
@@ -78,9 +76,7 @@ def run_cmd(
     trainer: TrainerOpt = None,
     env: EnvOpt = None,
     cluster: ClusterOpt = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="validate everything, print the plan, load nothing")
-    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate everything, print the plan, load nothing")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="ignore checkpoints in output_dir and start over")] = False,
 ) -> None:
     """Train with GRPO. With no arguments: the embedded tiny model on toy arithmetic, on the CPU."""
@@ -162,11 +158,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_time=False, show_path=False)],
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_time=False, show_path=False)])
     logging.getLogger("rlx").setLevel(logging.INFO)
     try:
         # builtin commands that live in their own modules (eval, export) register through the same hook

@@ -28,7 +28,6 @@ WEIGHT_GROUP = "rlx_weight_update"
 # sglang's memory tags (sglang/srt/constants.py). Weights come back before the KV cache (the contract's order).
 WEIGHT_TAGS = ("weights", "cuda_graph")
 KV_CACHE_TAGS = ("kv_cache",)
-ALWAYS_RELEASED = ("kv_cache", "cuda_graph")  # what sleep() frees whatever `sleep_weights` says
 _SEED_MODULUS = 2**31 - 1  # sglang turns sampling_seed into an int64 tensor; keep well inside it
 
 Bucket = list[tuple[str, "torch.Tensor"]]
@@ -501,8 +500,12 @@ class SGLangGenerator:
         if not self.config.enable_memory_saver:
             log.warning("sglang generator: sleep() is a no-op because enable_memory_saver is off")
             return
-        tags = ALWAYS_RELEASED if self.config.sleep_weights == "keep" else (*KV_CACHE_TAGS, *WEIGHT_TAGS)
-        to_release = [tag for tag in tags if tag not in self._released]
+        keep_weights = self.config.sleep_weights == "keep"
+        to_release = [
+            tag
+            for tag in (*KV_CACHE_TAGS, *WEIGHT_TAGS)
+            if tag not in self._released and not (keep_weights and tag == "weights")
+        ]
         if to_release:
             self._engine.release_memory_occupation(tags=to_release)
             self._released.update(to_release)

@@ -45,7 +45,7 @@ class SGLangConfig(BaseModel):
         "keep",
         description="what sleep() does with the weights (the KV cache and CUDA graphs are always released): "
         "keep = leave them on the GPU (no copy); backup = move them to CPU memory and back (frees their GPU "
-        "memory, ~1.5 s per step for 1.5B on an H200); drop = free them without a copy, so update_weights() must "
+        "memory, ~2 s per step for 1.5B on an H200); drop = free them without a copy, so update_weights() must "
         "push every weight before the next wake_up() (an error otherwise)",
     )
     deterministic_inference: bool = Field(False, description="batch-invariant kernels; per-request seeds are honoured")
