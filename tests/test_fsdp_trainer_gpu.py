@@ -21,7 +21,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from rlx.builtin.tiny import tiny_model
+    from rlx.models.tiny import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny"), seed=0, tie_word_embeddings=True)
 
