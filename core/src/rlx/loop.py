@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlx.config import GRPOConfig, ValidationConfig
+from rlx.config import GRPOConfig, RolloutConfig, ValidationConfig
 from rlx.data import DataCursor, PromptEncoder
 from rlx.evaluation import evaluate, status_fractions
 from rlx.grpo.advantages import group_advantages
 from rlx.grpo.losses import LOSS_AGGREGATIONS, policy_loss
 from rlx.grpo.metrics import logprob_mismatch, rollout_metrics
 from rlx.interfaces import Environment, Generator, Problem, TokenBatch, TrainBatch, Trainer
-from rlx.rollout import RolloutCollector, Sample, collate
+from rlx.rollout import Sample, collate, make_collector
 
 log = logging.getLogger("rlx.loop")
 
@@ -99,6 +99,7 @@ class GRPOLoop:
     train_problems: Sequence[Problem]
     val_problems: Sequence[Problem] = ()
     pad_id: int | None = None  # default: the tokenizer's pad (else eos) id
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # episode limits (multi-turn environments)
     cursor: DataCursor = field(init=False)
     step: int = 0
 
@@ -108,7 +109,7 @@ class GRPOLoop:
         if self.pad_id is None:
             self.pad_id = self.encoder.pad_id
         self.cursor = DataCursor(len(self.train_problems), self.seed)
-        self.collector = RolloutCollector(self.generator, self.env, self.encoder)
+        self.collector = make_collector(self.generator, self.env, self.encoder, self.rollout)
         self.loss_fn: Callable = functools.partial(
             policy_loss,
             clip_low=self.grpo.clip_low,
@@ -178,6 +179,7 @@ class GRPOLoop:
         metrics["logprob_mismatch"] = logprob_mismatch(gen_logprobs, old_logprobs, batch.completion_mask)
         metrics.update(_mean_dicts(train_metrics, prefix="train/"))
         metrics.update(timings)
+        metrics.update(self.collector.metrics(samples))
         metrics["time/step"] = time.perf_counter() - t0
         metrics["throughput/completion_tokens_per_s"] = int(batch.completion_mask.sum()) / metrics["time/step"]
         return StepResult(self.step, metrics, groups)
@@ -194,7 +196,7 @@ class GRPOLoop:
             top_p=v.top_p, top_k=-1, max_new_tokens=v.max_new_tokens or self.grpo.max_new_tokens,
             seed=self.seed + 7919,
         )
-        results = evaluate(self.generator, self.env, self.encoder, problems, params)
+        results = evaluate(self.generator, self.env, self.encoder, problems, params, rollout=self.rollout)
         summary = {f"val/{k}": float(x) for k, x in results.summary.items()}
         summary["val/time"] = time.perf_counter() - t
         return summary
