@@ -117,6 +117,28 @@ def test_observation_tokens_are_the_template_difference(any_tokenizer):
     assert after_cut == "<|im_end|>" + after_stop
 
 
+# tool results grouped into one user turn, as Qwen2.5's template does
+TOOL_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_tool_messages_render_as_the_template_groups_them(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = TOOL_TEMPLATE
+    text = ChatTokens(tok).observation_text([{"role": "tool", "content": "4"}, {"role": "tool", "content": "5"}],
+                                            tok.eos_token_id)
+    assert text == ("\n<|im_start|>user\n<tool_response>\n4\n</tool_response>\n<tool_response>\n5\n</tool_response>"
+                    "<|im_end|>\n<|im_start|>assistant\n")
+
+
 def test_episode_is_exactly_the_sampled_ids_plus_observation_tokens(any_tokenizer):
     tok = any_tokenizer
     # a deliberately non-canonical tokenisation of the turn ("4" "2" as sampled, whatever the tokenizer would merge)

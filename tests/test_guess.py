@@ -99,16 +99,18 @@ def test_warm_up_lays_a_dialogue_out_exactly_as_a_rollout_does():
 
 @pytest.mark.slow
 def test_rlx_run_env_guess_learns(tmp_path):
-    """`rlx run --env guess` as a user runs it (the embedded tiny model, through the CLI), kept short: the reward's
-    10-step mean rises well above where it started. (The 5-minute figure is in docs/benchmarks.md.)"""
+    """`rlx run --env guess` through the CLI (the embedded tiny model, built on first use), kept short with a higher
+    learning rate: the reward's 10-step mean rises clearly above where it started. (The default run's time to
+    +0.3 is measured by benchmarks/guess_reward.py, figures in docs/benchmarks.md.)"""
     out = tmp_path / "guess"
-    proc = subprocess.run([sys.executable, "-m", "rlx.cli", "run", "--env", "guess", f"output_dir={out}", "steps=60",
-                           "validation.period=0", "checkpoint.export_hf=false", "logging.progress=false",
-                           "logging.tensorboard=false"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "rlx.cli", "run", "--env", "guess", f"output_dir={out}", "steps=40",
+                           "trainer.lr=1e-3", "validation.period=0", "checkpoint.export_hf=false",
+                           "logging.progress=false", "logging.tensorboard=false"],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_metrics(out / "metrics.jsonl")
     rewards = [m["reward/mean"] for m in metrics]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
-    assert last >= first + 0.15, rewards
+    assert last >= first + 0.1, rewards
     assert all(m["episode/turns_mean"] > 1.0 for m in metrics)  # episodes are multi-turn
     assert all(0 < m["episode/observation_token_frac"] < 1 for m in metrics)
