@@ -21,6 +21,13 @@ from rlx.data import PromptEncoder
 from rlx.interfaces import Completion, EpisodeEnvironment, Observation, Score, Turn
 from rlx.metrics import read_metrics
 from rlx.rollout import EpisodeCollector
+from rlx.testing import EpisodeConformance
+
+
+class TestGuessEpisodes(EpisodeConformance):
+    @pytest.fixture(scope="class")
+    def make_environment(self):
+        return lambda seed: GuessEnvironment(GuessConfig(train_size=64), seed=seed)
 
 
 def play(episode: GuessEpisode, guesses: list[str]) -> list[Observation | Score]:

@@ -27,9 +27,20 @@ The logprob reference is the builtin `fsdp` trainer's `logprobs` (fp32 on CPU, i
 Engines that cannot run fp32 may override class attributes, stating why in a comment: `model_dtype`,
 `logprob_mismatch_tolerance`, `logprob_max_abs_diff`, `greedy_tolerance`, `reference`.
 Helpers for your own tests: `make_tiny_model`, `make_tiny_models`, `iter_safetensors`.
+
+A multi-turn environment (one with `start_episode`) also subclasses `EpisodeConformance` (same `make_environment`
+fixture): garbage turns, concurrent episodes, warm-up dialogues; see `rlx.testing.episodes`.
 """
 
+from rlx.testing.episodes import EpisodeConformance
 from rlx.testing.fixtures import TinyModels, iter_safetensors, make_tiny_model, make_tiny_models
 from rlx.testing.generator import GeneratorConformance
 
-__all__ = ["GeneratorConformance", "TinyModels", "iter_safetensors", "make_tiny_model", "make_tiny_models"]
+__all__ = [
+    "EpisodeConformance",
+    "GeneratorConformance",
+    "TinyModels",
+    "iter_safetensors",
+    "make_tiny_model",
+    "make_tiny_models",
+]
