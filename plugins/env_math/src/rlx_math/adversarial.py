@@ -11,7 +11,16 @@ from collections.abc import Callable
 
 # Small gold answers of the usual kinds; every adversarial answer below is far from all of them (huge, or
 # with free symbols, or not an expression at all).
-GOLDS: tuple[str, ...] = ("5", "42", "\\frac{1}{2}", "\\frac{7}{12}", "2\\sqrt{5}", "\\frac{\\pi}{2}", "(1, 2]", "x^2+1")
+GOLDS: tuple[str, ...] = (
+    "5",
+    "42",
+    "\\frac{1}{2}",
+    "\\frac{7}{12}",
+    "2\\sqrt{5}",
+    "\\frac{\\pi}{2}",
+    "(1, 2]",
+    "x^2+1",
+)
 
 _SYMBOLS = ("x", "y", "a", "b", "n", "k", "t", "z")
 _FUNCTIONS = ("\\sin", "\\cos", "\\tan", "\\log", "\\ln", "\\exp", "\\sqrt")
@@ -74,7 +83,9 @@ def _huge_number(rng: random.Random) -> str:
 
 
 def _control_bytes(rng: random.Random) -> str:
-    noise = "".join(chr(rng.choice([0, 1, 7, 8, 11, 12, 27, 127, rng.randint(0, 31)])) for _ in range(rng.randint(5, 400)))
+    noise = "".join(
+        chr(rng.choice([0, 1, 7, 8, 11, 12, 27, 127, rng.randint(0, 31)])) for _ in range(rng.randint(5, 400))
+    )
     style = rng.randrange(3)
     if style == 0:
         return noise

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any
 
 from mpmath import iv
 
@@ -42,7 +42,7 @@ class AtLeast:
     sign: int = 0
 
 
-Value = Union[Fraction, Any, AtLeast]  # Any: an mpmath interval (iv.mpf)
+Value = Fraction | Any | AtLeast  # Any: an mpmath interval (iv.mpf)
 
 # ------------------------------------------------------------------------------------------ tokens
 
@@ -82,7 +82,8 @@ def tokenize(text: str) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------------ parser
 # The tree is nested tuples: ("num", Fraction) ("big", digits, integer_digits) ("sym", name) ("pi",) ("e",)
 # ("neg", a) ("add", terms) ("mul", ((is_division, factor), ...)) ("post", base, (("^", exponent) | ("!",), ...))
-# ("div", a, b) ("root", a, n) ("fn", name, a) ("binom", n, k) ("prod", var, low, high). Sums, products and
+# ("div", a, b) ("root", a, n) ("fn", name, a) ("binom", n, k) ("series", "sum"|"prod", var, low, high, body).
+# Sums, products and
 # power chains are flat, so 400 terms do not make the tree 400 levels deep.
 
 
@@ -295,30 +296,28 @@ class _Parser:
             if name in _GREEK:
                 self.symbols.add(name)
                 return ("sym", name)
-            if name == "prod":
-                return self.product_of_index()
+            if name in ("sum", "prod"):
+                return self.series(name)
         raise Undecided(f"token {text!r}")
 
-    def product_of_index(self) -> tuple[Any, ...]:
-        """\\prod_{k=a}^{b} k: only the product of the index itself (a factorial, however large)."""
+    def series(self, kind: str) -> tuple[Any, ...]:
+        """\\sum_{k=a}^{b} body / \\prod_{k=a}^{b} body; math-verify's body runs to the next + or -."""
         self.expect("_")
         self.expect("{")
-        kind, var = self.take()
-        if kind != "letter":
-            raise Undecided("prod index")
+        token, var = self.take()
+        if token != "letter" or var in ("e", "i", "j", "E"):
+            raise Undecided("series index")
         self.expect("=")
         low = self.sum()
         self.expect("}")
         self.expect("^")
         high = self.script()
-        token = self.take()
-        body = token[1] if token[0] == "letter" else None
-        if token == ("char", "{"):
-            body = self.take()[1]
-            self.expect("}")
-        if body != var or self.peek() is not None and self.starts_primary(self.peek()):  # type: ignore[arg-type]
-            raise Undecided("prod of anything but its index")
-        return ("prod", var, low, high)
+        outside = set(self.symbols)
+        self.enter()
+        body = self.product()
+        self.depth -= 1
+        self.symbols = outside | (self.symbols - {var})  # the index is bound inside the body
+        return ("series", kind, var, low, high, body)
 
 
 @dataclass(frozen=True)
@@ -678,28 +677,53 @@ def evaluate(node: tuple[Any, ...], point: dict[str, Fraction]) -> Value:
         return _function(node[1], evaluate(node[2], point))
     if kind == "binom":
         return _binomial(evaluate(node[1], point), evaluate(node[2], point))
-    if kind == "prod":
-        return _product_of_range(evaluate(node[2], point), evaluate(node[3], point))
+    if kind == "series":
+        return _series(node, point)
     raise Undecided(kind)
 
 
-def _product_of_range(low_value: Value, high_value: Value) -> Value:
-    low, high = _integer(low_value), _integer(high_value)
+MAX_SERIES_TERMS = 2000
+
+
+def _index_power(body: tuple[Any, ...], var: str) -> int | None:
+    """p when the body is var or var^p (a positive integer literal), else None."""
+    if body == ("sym", var):
+        return 1
+    if body[0] == "post" and body[1] == ("sym", var) and len(body[2]) == 1 and body[2][0][0] == "^":
+        exponent = body[2][0][1]
+        if exponent[0] == "num" and exponent[1].denominator == 1 and exponent[1] > 0:
+            return int(exponent[1])
+    return None
+
+
+def _series(node: tuple[Any, ...], point: dict[str, Fraction]) -> Value:
+    _, kind, var, low_node, high_node, body = node
+    low, high = _integer(evaluate(low_node, point)), _integer(evaluate(high_node, point))
     if low is None or high is None:
-        raise Undecided("prod bounds")
+        raise Undecided("series bounds")
     if high < low:
-        return Fraction(1)
-    if low <= 0 <= high:
-        return Fraction(0)
-    if low < 0:
-        raise Undecided("prod over negative integers")
-    if high - low <= EXACT_FACTORIAL and high <= 10**6:
-        return _check_exact(Fraction(math.prod(range(low, high + 1))))
-    # prod_{k=low}^{high} k >= max(high! / (low-1)! bounds): use the crude (high - low + 1) log2(low) or high!
-    lower = _log2_factorial_lower(high) if low == 1 else (high - low + 1) * math.log2(low)
-    if lower <= 64:
-        raise Undecided("prod bound too weak")
-    return AtLeast(min(lower, LOG2_CAP), 1)
+        return Fraction(0 if kind == "sum" else 1)
+    if high - low < MAX_SERIES_TERMS:
+        inner = dict(point)
+        total: Value = Fraction(0 if kind == "sum" else 1)
+        for k in range(low, high + 1):
+            inner[var] = Fraction(k)
+            term = evaluate(body, inner)
+            total = _add(total, term) if kind == "sum" else _mul(total, term)
+        return total
+    power = _index_power(body, var)
+    if power is not None and kind == "prod" and low <= 0 <= high:
+        return Fraction(0)  # one factor is 0^p, every other one finite
+    if power is None or low < 1:
+        raise Undecided("a long series of anything but a power of its index")
+    count = high - low + 1
+    if kind == "sum":
+        # high^p <= sum_{k=low}^{high} k^p <= count * high^p
+        log2_high = iv.log(iv.mpf(high)) / iv.log(2) * power
+        return _from_log2(iv.mpf([log2_high.a, (log2_high + iv.log(iv.mpf(count)) / iv.log(2)).b]), 1)
+    # prod_{k=low}^{high} k^p >= (high! / (low-1)!)^p >= (high!)^p / low^(p low) crude: use the larger bound below
+    lower = _log2_factorial_lower(high) if low == 1 else count * math.log2(low)
+    return AtLeast(min(lower * power, LOG2_CAP), 1)
 
 
 # ------------------------------------------------------------------------------------------ comparison

@@ -23,6 +23,7 @@ from rlx_math.normal_form import (
     NormalAnswer,
     canonical_text,
     has_control_characters,
+    is_repetition,
     normalise,
     normalise_gold,
     strip_math_delimiters,
@@ -41,7 +42,9 @@ _INTEGER = re.compile(r"[-+]?\d+")
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 # Verdict paths that decided without sympy (see `Verdict.path`).
-FAST_PATHS: frozenset[str] = frozenset({"extract", "control", "units", "string", "integer", "arithmetic", "size_limit"})
+FAST_PATHS: frozenset[str] = frozenset(
+    {"extract", "control", "units", "repetition", "string", "integer", "arithmetic", "size_limit"}
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Verdict:
     """A status, and the step that decided it.
 
     path: "extract" (nothing to grade, or a broken gold answer), "control" (control bytes in the box),
-    "units" (different units), "string" (same normal form), "integer" (two plain integers), "arithmetic"
+    "units" (different units), "repetition" (one piece repeated: "5 5 5"), "string" (same normal form), "integer" (two plain integers), "arithmetic"
     (exact rationals / interval bounds, `rlx_math.fastpath`), "size_limit" (too large or deep for sympy, judged
     wrong), "sympy" (math-verify), "timeout" (the time limit), "killed"/"crashed" (the pool killed the
     worker or it died), "custom" (a custom grade function that returns only a status).
@@ -223,7 +226,9 @@ def _candidates(gold: NormalAnswer, predicted: NormalAnswer) -> list[tuple[str, 
     return pairs
 
 
-_MV_NORMALISATION = replace(LatexExtractionConfig().normalization_config, boxed="last")
+# math-verify's normalisation without its malformed-operator fixes (regexes quadratic in the length): the
+# fast parser reads \frac12 and \sqrt2 the same way and declines the other malformed forms.
+_MV_NORMALISATION = replace(LatexExtractionConfig().normalization_config, boxed="last", malformed_operators=False)
 
 
 def _as_math_verify_reads(value: str) -> str:
@@ -323,6 +328,8 @@ def _grade_untimed(gold: str, completion: str, options: GradeOptions) -> Verdict
         return Verdict("error", "extract")
     if units_conflict(gold_answer, predicted_answer):
         return Verdict("wrong", "units")
+    if is_repetition(predicted_answer.value) and not is_repetition(gold_answer.value):
+        return Verdict("wrong", "repetition")  # "5 5 5": math-verify would read a sum or a set {5}
     pairs = _candidates(gold_answer, predicted_answer)
     if options.fast_paths:
         verdict = _fast_verdict(pairs, options)

@@ -43,7 +43,9 @@ _TRAILING_CHARS = " \t\n\r.,;:?~"
 _TRAILING_COMMANDS = ("\\,", "\\;", "\\:", "\\!", "\\ ", "\\quad", "\\qquad")
 _ELLIPSES = ("...", "\\ldots", "\\cdots", "\\dots", "…")
 
-_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|textsf|mathrm|mathbf|mathit|mbox|operatorname)\s*\{")
+_TEXT_COMMAND = re.compile(
+    r"\\(?:text|textbf|textrm|textit|textnormal|textsf|mathrm|mathbf|mathit|mbox|operatorname)\s*\{"
+)
 _NUMBER_THEN_WORDS = re.compile(r"([-+]?\s*(?:\\\$\s*)?[\d.,]+)\s+([A-Za-z][A-Za-z\s.]*)")
 _STARTS_WITH_NUMBER = re.compile(r"\s*[-+]?\s*(?:\\\$\s*)?(?:\d|\.\d)")
 
@@ -57,7 +59,9 @@ _BARE_UNITS = (
 )
 _UNIT_TAIL = re.compile(
     r"(?:\s|\\[,;: ]|~)*"
-    r"((?:(?:\\(?:text|textrm|textnormal|mathrm|mbox)\s*\{(?:[A-Za-z\s.\\{}/]|\^\{?[23]\}?)*\}|(?<![A-Za-z\\])(?:" + _BARE_UNITS + r")\b)"
+    r"((?:(?:\\(?:text|textrm|textnormal|mathrm|mbox)\s*\{(?:[A-Za-z\s.\\{}/]|\^\{?[23]\}?)*\}|(?<![A-Za-z\\])(?:"
+    + _BARE_UNITS
+    + r")\b)"
     r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?(?:\s|\\[,;: ]|~)*)+)$"
 )
 _UNIT_WINDOW = 120
@@ -97,7 +101,17 @@ _UNIT_ALIASES = {
     "ounce": "oz",
     "radian": "rad",
 }
-_GENERIC_UNITS = {"", "unit", "units", "square unit", "square units", "sq unit", "sq units", "cubic unit", "cubic units"}
+_GENERIC_UNITS = {
+    "",
+    "unit",
+    "units",
+    "square unit",
+    "square units",
+    "sq unit",
+    "sq units",
+    "cubic unit",
+    "cubic units",
+}
 
 # 0.\overline{3}, 0.1\overline{6}, 0.\bar{3}, 0.(3) (only as the whole answer), 0.\dot{3}, 0.\dot{1}4285\dot{7}
 _REPEAT_BAR = re.compile(r"(?<![\d.])(\d*)\.(\d*)\s*\\(?:overline|bar)\s*\{\s*(\d+)\s*\}")
@@ -286,6 +300,16 @@ def strip_punctuation(text: str) -> str:
         if stripped == text:
             return text
         text = stripped
+
+
+# The same piece three or more times ("5 5 5", "42, 42, 42"): a repetition loop, not an answer.
+_SEPARATORS = re.compile(r"(?:\s|,|;|\\[,;: ]|~)+")
+
+
+def is_repetition(text: str) -> bool:
+    """'5 5 5' or '1,1,1,1': one piece repeated, and nothing else (linear time on any length)."""
+    pieces = [piece for piece in _SEPARATORS.split(text.strip()) if piece]
+    return len(pieces) >= 3 and all(piece == pieces[0] for piece in pieces)
 
 
 def has_control_characters(text: str) -> bool:

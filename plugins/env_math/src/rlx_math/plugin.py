@@ -83,6 +83,11 @@ class MathEnvConfig(BaseModel):
     fallback_tail_chars: int = Field(
         4000, gt=0, description="without a \\boxed{}, the last expression is searched in this many final characters"
     )
+    fast_paths: bool = Field(
+        True,
+        description="decide easy and pathological answers without sympy (exact rationals, bounds, size limits); "
+        "false sends every boxed answer to math-verify (slower, same verdicts except answers too large for sympy)",
+    )
     start_method: Literal["forkserver", "spawn", "fork"] = Field(
         "forkserver", description="how verifier processes start ('fork' is unsafe once threads or CUDA exist)"
     )
