@@ -9,7 +9,7 @@ from collections import Counter
 from fractions import Fraction
 
 import pytest
-from test_math_grading_table import CASES, HANG
+from test_math_grading_table import CASES
 
 from rlx.interfaces import Problem
 from rlx_math import fastpath
