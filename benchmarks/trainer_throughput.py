@@ -30,9 +30,9 @@ import torch.distributed as dist
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlx.builtin.configs import FSDPTrainerConfig
-from rlx.cluster.base import load_factory
 from rlx.grpo.losses import policy_loss
 from rlx.interfaces import ModelSpec, TrainBatch
+from rlx.registry import load_factory
 
 
 def model_config(tiny: bool) -> Qwen2Config:

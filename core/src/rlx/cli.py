@@ -6,7 +6,9 @@ Errors a user can fix (RlxError) are printed as one clear message and exit code 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -166,11 +168,13 @@ def main(argv: list[str] | None = None) -> None:
         _load_extra_commands()
         app(args=argv, standalone_mode=True)
     except RlxError as exc:
+        if os.environ.get("RLX_DEBUG"):
+            traceback.print_exc()
         # escaped: messages quote user input and install commands such as pip install 'rlx-sglang[engine]'
         err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
+    except KeyboardInterrupt as exc:
+        err_console.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/yellow]", highlight=False)
         sys.exit(130)
 
 

@@ -101,16 +101,39 @@ class LoggingConfig(Strict):
     progress: bool = True
 
 
-class ClusterConfig(Strict):
-    kind: Literal["local", "ray"] = "local"
-    trainer_workers: int = Field(1, gt=0, description="trainer processes (one torch.distributed rank each)")
-    generator_replicas: int = Field(1, gt=0)
+class RayConfig(Strict):
+    """Options that only the Ray cluster uses (`cluster.ray.*`)."""
+
     address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS or a new local Ray")
     placement: Literal["colocated", "separate"] = "colocated"
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, ge=0)
-    timeout_s: float = Field(1800.0, gt=0, description="a remote call taking longer fails the run")
+
+
+_MOVED_TO_RAY = ("address", "placement", "strategy", "gpus_per_worker", "cpus_per_worker")
+
+
+class ClusterConfig(Strict):
+    """Where the components run: `local` (this host) or `ray`; what both honour is here, Ray's own under `ray`."""
+
+    kind: Literal["local", "ray"] = "local"
+    trainer_workers: int = Field(1, gt=0, description="trainer processes (one torch.distributed rank each)")
+    generator_replicas: int = Field(1, gt=0)
+    timeout_s: float = Field(1800.0, gt=0, description="a remote call (or trainer rank) taking longer fails the run")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in _MOVED_TO_RAY if k in data]
+            if moved:
+                raise ValueError(
+                    f"{', '.join('cluster.' + k for k in moved)} moved to the Ray section: use "
+                    f"{', '.join('cluster.ray.' + k for k in moved)}"
+                )
+        return data
 
 
 DEFAULT_COMPONENTS = {"generator": "hf", "trainer": "fsdp", "env": "math"}

@@ -9,6 +9,7 @@ from rlx.config import RunConfig, load_yaml
 from rlx.errors import ConfigError
 from rlx.interfaces import ModelSpec
 from rlx.plan import resolve_plan
+from rlx.registry import BuildContext
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -35,8 +36,7 @@ def export_checkpoint(path: str | Path, out: str | Path) -> Path:
                      max_seq_len=m.max_seq_len)
     from rlx.cluster.local import LocalTrainerGroup
 
-    trainer = LocalTrainerGroup(plan.components["trainer"].factory, plan.component_configs["trainer"], model=spec,
-                                seed=config.seed, with_reference=False, world_size=1)
+    trainer = LocalTrainerGroup(plan.selection.trainer, BuildContext(seed=config.seed, model=spec), world_size=1)
     try:
         trainer.load_checkpoint(str(ckpt / "trainer"))
         trainer.export_hf(str(out))

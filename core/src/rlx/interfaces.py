@@ -187,19 +187,29 @@ class Problem:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-ScoreStatus = Literal["correct", "wrong", "no_answer", "timeout", "error"]
+ScoreStatus = str
+"""Why a score is what it is. Common values: "correct" / "wrong" (graded), "partial", "no_answer" (nothing to grade
+was found), "timeout" / "error" (grading itself failed: counted and reported, never raised). Environments may use
+their own; the loop reports the fraction of each status it sees (`score/<status>_frac`)."""
 
 
 @dataclass(frozen=True)
 class Score:
     """The reward for one completion, and why it is what it is.
 
-    status: "correct"/"wrong" (graded), "no_answer" (nothing to grade was found), "timeout" or "error"
-    (grading itself failed: counted and reported, never raised).
+    reward: any finite float (the environment's scale: {0, 1}, [-1, 1], partial credit...).
+    status: see `ScoreStatus`.
+    correct: whether the completion solved the problem (accuracy, pass@k and `reward/solved_frac` count these).
+    None means "not said": then status == "correct" decides.
     """
 
     reward: float
     status: ScoreStatus
+    correct: bool | None = None
+
+    @property
+    def solved(self) -> bool:
+        return self.correct if self.correct is not None else self.status == "correct"
 
 
 @runtime_checkable

@@ -83,6 +83,12 @@ class MetricsLogger:
             if "time/step" in clean:
                 self._progress.update(self._task, completed=step)
 
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def print(self, message: str) -> None:
         self.console.print(message)
 

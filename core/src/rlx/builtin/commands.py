@@ -33,13 +33,16 @@ def eval_cmd(
     """Evaluate a model on an environment's problems: accuracy (avg@k), pass@k; writes JSON results."""
     from rich.console import Console
 
-    from rlx.cluster import build_environment
     from rlx.config import build_config
+    from rlx.contracts import CheckedEnvironment
+    from rlx.data import PromptEncoder
     from rlx.errors import ConfigError
+    from rlx.evaluation import evaluate
     from rlx.interfaces import SamplingParams
-    from rlx.loop import PromptEncoder, evaluate
+    from rlx.models import load_tokenizer, resolve_model
     from rlx.plan import resolve_plan
-    from rlx.run import load_tokenizer, quiet_libraries, resolve_model
+    from rlx.registry import BuildContext
+    from rlx.run import quiet_libraries
 
     if split not in ("train", "validation"):
         raise ConfigError(f"--split must be 'train' or 'validation', got '{split}'")
@@ -49,8 +52,9 @@ def eval_cmd(
     quiet_libraries()
     cfg = build_config(config, [*(overrides or []), f"model.path={model}", f"seed={seed}"], generator=generator, env=env)
     plan = resolve_plan(cfg)
-    environment = build_environment(plan)
-    spec = resolve_model(plan.config, environment, console)
+    env_choice = plan.selection.environment
+    environment = CheckedEnvironment(env_choice.build(BuildContext(seed=seed)), env_choice.spec.label)
+    spec = resolve_model(plan.config.model, environment, seed=seed, console=console)
     tokenizer = load_tokenizer(spec)
     encoder = PromptEncoder(tokenizer, spec.max_seq_len)
     problems = [p for p in environment.problems(split) if encoder.fits(p)]  # type: ignore[arg-type]
@@ -58,7 +62,7 @@ def eval_cmd(
         problems = problems[:max_problems]
     if not problems:
         raise ConfigError(f"environment '{env}' has no {split} problems to evaluate")
-    gen = plan.components["generator"].load_factory()(plan.component_configs["generator"], model=spec, seed=seed)
+    gen = plan.selection.generator.build(BuildContext(seed=seed, model=spec))
     try:
         room = spec.max_seq_len - max(len(encoder.encode(p)) for p in problems)
         params = SamplingParams(n=samples, temperature=temperature, top_p=top_p,

@@ -32,8 +32,8 @@ from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from rlx.builtin.configs import FSDPTrainerConfig
-from rlx.builtin.threads import cpu_threads
 from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch
+from rlx.threads import cpu_threads
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -270,7 +270,7 @@ class FSDPTrainer:
             self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             self.compute_dtype = _DTYPES[config.dtype]
-        self.model_path = self._resolve_model_path(model.path)
+        self.model_path = model.path
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         torch.manual_seed(seed)
 
@@ -287,14 +287,6 @@ class FSDPTrainer:
         self.optimizer_steps = 0
 
     # ---------------------------------------------------------------------------------------- building
-
-    @staticmethod
-    def _resolve_model_path(path: str) -> str:
-        if path == "builtin:tiny":
-            from rlx.builtin.tiny import builtin_tiny_path
-
-            return builtin_tiny_path()
-        return path
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up from warmup_start_factor to 1 over warmup_steps optimizer steps, then constant."""
@@ -526,7 +518,7 @@ class FSDPTrainer:
                 hf_model.generation_config = GenerationConfig.from_pretrained(self.model_path)
             except OSError:
                 hf_model.generation_config = GenerationConfig.from_model_config(config)
-            tokenizer_path = self._resolve_model_path(self.spec.tokenizer_path)
+            tokenizer_path = self.spec.tokenizer_path
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=self.spec.trust_remote_code)
             tmp = f"{path.rstrip('/')}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

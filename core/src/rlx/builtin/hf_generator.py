@@ -12,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlx.builtin.configs import HFGeneratorConfig
-from rlx.builtin.threads import cpu_threads
 from rlx.errors import did_you_mean
 from rlx.generation import check_request
 from rlx.interfaces import Completion, FinishReason, ModelSpec, NamedTensors, SamplingParams
+from rlx.threads import cpu_threads
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
