@@ -25,6 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rlx.errors import RlxError
+
 SandboxStatus = Literal["ok", "error", "timeout", "killed", "output_truncated"]
 
 NOBODY_UID = 65534  # the conventional unprivileged user; a root run drops to it when it can
@@ -75,8 +77,10 @@ limits = json.loads(sys.argv[1])
 workdir = os.path.realpath(os.getcwd())
 for name, value in (("RLIMIT_AS", limits["memory_bytes"]), ("RLIMIT_FSIZE", limits["file_bytes"]),
                     ("RLIMIT_NOFILE", limits["open_files"]), ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", 0)):
-    if hasattr(resource, name):
+    try:  # macOS does not enforce every limit (RLIMIT_AS): the others still apply
         resource.setrlimit(getattr(resource, name), (value, value))
+    except (AttributeError, ValueError, OSError):
+        pass
 resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
 try:
     os.nice(10)  # the run's own processes come first
@@ -234,6 +238,8 @@ def run_python(code: str, config: PythonToolConfig | None = None) -> SandboxResu
 
     Thread-safe: each call has its own process, directory and pipes (an environment may run many at once).
     """
+    if not hasattr(os, "wait4"):
+        raise RlxError("the Python sandbox (rlx.tools.run_python) needs a POSIX system: Linux or macOS")
     config = config or PythonToolConfig()
     start = time.monotonic()
     deadline = start + config.timeout_s
