@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import rlx
 from rlx.registry import ComponentRegistry
+from rlx.tools.python_sandbox import PythonToolConfig
 
 # Short names for the two datasets of the DeepScaleR recipe (any other hub id or local path works too).
 DATASET_ALIASES: dict[str, str] = {
@@ -82,6 +83,20 @@ class MathEnvConfig(BaseModel):
     )
     fallback_tail_chars: int = Field(
         4000, gt=0, description="without a \\boxed{}, the last expression is searched in this many final characters"
+    )
+    fast_paths: bool = Field(
+        True,
+        description="decide easy and pathological answers without sympy (exact rationals, bounds, size limits); "
+        "false sends every boxed answer to math-verify (slower, same verdicts except answers too large for sympy)",
+    )
+    tools: list[Literal["python"]] = Field(
+        default_factory=list,
+        description="tools the model may call in a multi-turn episode: 'python' runs its ```python blocks in a "
+        "sandbox and answers with their output (empty: single-turn, no tools)",
+    )
+    max_tool_calls: int = Field(4, ge=0, description="tool calls per episode; the turn after the last is graded")
+    python_tool: PythonToolConfig = Field(
+        default_factory=PythonToolConfig, description="limits of one sandboxed Python call (when tools has 'python')"
     )
     start_method: Literal["forkserver", "spawn", "fork"] = Field(
         "forkserver", description="how verifier processes start ('fork' is unsafe once threads or CUDA exist)"
