@@ -62,11 +62,13 @@ def _resolve(config, overrides, generator, trainer, env, cluster):
     from rlx.plan import resolve_plan
 
     overrides = list(overrides or [])
-    if config is None:
+    implicit = config is None
+    if implicit:
         config = default_recipe()
     if cluster:
         overrides.append(f"cluster.kind={cluster}")
-    run_config = build_config(config, overrides, generator=generator, trainer=trainer, env=env)
+    run_config = build_config(config, overrides, generator=generator, trainer=trainer, env=env,
+                              warn_dropped=not implicit)
     return resolve_plan(run_config)
 
 
