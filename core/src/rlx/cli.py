@@ -93,7 +93,15 @@ def run_cmd(
         return
     from rlx.run import run
 
-    run(plan)
+    try:
+        run(plan)
+    except KeyboardInterrupt as exc:  # typer turns an interrupt into a silent exit 130: say where the run stopped
+        _print_interrupt(exc)
+        raise typer.Exit(130) from None
+
+
+def _print_interrupt(exc: KeyboardInterrupt) -> None:
+    err_console.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/yellow]", highlight=False)
 
 
 @plugins_app.command("list")
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt as exc:
-        err_console.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/yellow]", highlight=False)
+        _print_interrupt(exc)
         sys.exit(130)
 
 

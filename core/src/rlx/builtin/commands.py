@@ -36,6 +36,9 @@ def eval_cmd(
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
 ) -> None:
     """Evaluate a model on an environment's problems: accuracy (avg@k), pass@k; writes JSON results."""
+    from rlx.outputs import check_replaceable, writing_folder
+
+    check_replaceable(out, kind="eval", what="--out", overwrite=overwrite)  # before anything is imported or loaded
     from rich.console import Console
 
     from rlx.config import build_config
@@ -45,7 +48,6 @@ def eval_cmd(
     from rlx.evaluation import evaluate
     from rlx.interfaces import SamplingParams
     from rlx.models import load_tokenizer, resolve_model
-    from rlx.outputs import check_replaceable, writing_folder
     from rlx.plan import resolve_plan
     from rlx.registry import BuildContext
     from rlx.run import quiet_libraries
@@ -54,7 +56,6 @@ def eval_cmd(
         raise ConfigError(f"--split must be 'train' or 'validation', got '{split}'")
     if samples < 1:
         raise ConfigError("--samples must be >= 1")
-    check_replaceable(out, kind="eval", what="--out", overwrite=overwrite)  # before any model is loaded
     console = Console()
     quiet_libraries()
     cfg = build_config(config, [*(overrides or []), f"model.path={model}", f"seed={seed}"], generator=generator, env=env)
@@ -99,6 +100,9 @@ def export_cmd(
 
     OUT may be an earlier rlx export (replaced whole, the new one written first); anything else there is refused
     unless --overwrite."""
+    from rlx.outputs import check_replaceable
+
+    check_replaceable(out, kind="hf-export", what="export destination", overwrite=overwrite)  # before torch loads
     from rlx.export import export_checkpoint
 
     path = export_checkpoint(checkpoint, out, overwrite=overwrite)
