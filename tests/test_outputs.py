@@ -201,3 +201,29 @@ def test_output_dir_that_is_a_file(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"'{target}' exists and is a file, not a folder" in _flat(out.stderr)
     assert target.read_text() == "not a folder"
+
+
+def test_fsdp_trainer_export_hf_never_replaces_a_user_folder(tmp_path):
+    """The trainer's own export (called directly, outside `rlx run`) follows the same rule, and replaces its own
+    earlier export whole."""
+    from rlx.builtin.configs import FSDPTrainerConfig
+    from rlx.builtin.fsdp_trainer import FSDPTrainer
+    from rlx.interfaces import ModelSpec
+    from rlx.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    trainer = FSDPTrainer(FSDPTrainerConfig(device="cpu"), model=ModelSpec(model), seed=0, with_reference=False)
+    try:
+        mine = tmp_path / "mine"
+        before = _user_folder(mine)
+        with pytest.raises(ConfigError, match="export_hf path .* exists and is a folder rlx did not write"):
+            trainer.export_hf(str(mine))
+        assert _snapshot(mine) == before
+        trainer.export_hf(str(tmp_path / "hf"))
+        (tmp_path / "hf" / "stale.txt").write_text("from the first export")
+        trainer.export_hf(str(tmp_path / "hf"))
+    finally:
+        trainer.close()
+    assert output_kind(tmp_path / "hf") == "hf-export" and not (tmp_path / "hf" / "stale.txt").exists()
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "mine", "model"]

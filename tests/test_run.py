@@ -193,7 +193,7 @@ def test_embedded_default_run_reaches_target_reward(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "starting reward (step 1)" in proc.stdout and "model (Hugging Face format)" in proc.stdout
-    assert f"plot: {out / 'metrics.png'}" in " ".join(proc.stdout.split()) and (out / "metrics.png").is_file()
+    assert f"plot:{out / 'metrics.png'}" in "".join(proc.stdout.split()) and (out / "metrics.png").is_file()
     rewards = [m["reward/mean"] for m in read_metrics(out / "metrics.jsonl") if "reward/mean" in m]
     assert sum(rewards[:10]) / 10 < 0.6, rewards[:10]
     assert max(rolling(rewards)) >= 0.8, rolling(rewards)
