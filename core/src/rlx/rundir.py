@@ -131,7 +131,8 @@ class RunDir:
 
         new = yaml.safe_load(plan.to_yaml())
         if model_resolved:
-            changes = compare_configs({"model": {"path": saved.get("model", {}).get("path")}},
+            saved_model = saved.get("model") if isinstance(saved.get("model"), dict) else {}
+            changes = compare_configs({"model": {"path": saved_model.get("path")}},
                                       {"model": {"path": new["model"]["path"]}})
         else:
             changes = compare_configs(with_current_defaults(saved), new, skip=(MODEL_PATH, "output_dir"),
