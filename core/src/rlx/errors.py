@@ -25,3 +25,8 @@ class ComponentError(RlxError):
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def a_or_an(word: str) -> str:
+    """`word` with its indefinite article: "an environment", "a generator", "an int"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

@@ -1,4 +1,5 @@
-"""Conformance suites for component authors: a third-party generator passes the same tests as `hf` and `vllm`.
+"""Conformance suites for component authors: a third-party generator passes the same tests as `hf` and `vllm`,
+a third-party environment the same as `math` (`EnvironmentConformance`, at the end).
 
 Usage, in your plugin's test module (pytest)::
 
@@ -27,9 +28,28 @@ The logprob reference is the builtin `fsdp` trainer's `logprobs` (fp32 on CPU, i
 Engines that cannot run fp32 may override class attributes, stating why in a comment: `model_dtype`,
 `logprob_mismatch_tolerance`, `logprob_max_abs_diff`, `greedy_tolerance`, `reference`.
 Helpers for your own tests: `make_tiny_model`, `make_tiny_models`, `iter_safetensors`.
+
+An environment plugin subclasses `EnvironmentConformance` the same way, with a `make_environment` fixture
+returning `seed -> Environment`::
+
+    class TestMyEnvironment(EnvironmentConformance):
+        @pytest.fixture(scope="class")
+        def make_environment(self):
+            from my_plugin.env import MyEnvironment, MyConfig
+            return lambda seed: MyEnvironment(MyConfig(), seed=seed)
+
+It checks: problems are typed Problems with chat messages, ids unique across both splits, picklable, the same
+for the same seed (across calls and instances); `score` returns one Score per completion (finite float reward,
+non-empty status, `correct` a bool or None), keeps the order of a shuffled batch, does not call an empty
+completion solved, never raises on garbage (empty, huge, control bytes, random unicode, unbalanced markup) and
+returns a batch of it within `score_time_limit_s`; `metadata['solution']` scores as solved and
+`metadata['distractors']` do not (when present: the embedded tiny model's warm-up relies on both).
+Class attributes to override, stating why: `seed`, `max_problems`, `score_time_limit_s`.
 """
 
+from rlx.testing.environment import EnvironmentConformance, check_scores, garbage_completions
 from rlx.testing.fixtures import TinyModels, iter_safetensors, make_tiny_model, make_tiny_models
 from rlx.testing.generator import GeneratorConformance
 
-__all__ = ["GeneratorConformance", "TinyModels", "iter_safetensors", "make_tiny_model", "make_tiny_models"]
+__all__ = ["EnvironmentConformance", "GeneratorConformance", "TinyModels", "check_scores", "garbage_completions",
+           "iter_safetensors", "make_tiny_model", "make_tiny_models"]

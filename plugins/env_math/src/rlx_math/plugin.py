@@ -40,6 +40,9 @@ class ToyConfig(BaseModel):
         return self
 
 
+RESUME_SAFE = {"resume": "safe"}  # how grading runs, not what it computes: may change when a run resumes
+
+
 class MathEnvConfig(BaseModel):
     """Options of the `math` environment (the `env:` section of a run config)."""
 
@@ -68,13 +71,16 @@ class MathEnvConfig(BaseModel):
     max_validation_problems: int | None = Field(None, gt=0, description="keep only the first N validation problems")
     toy: ToyConfig = Field(default_factory=ToyConfig, description="settings of the toy arithmetic task")
     num_workers: int | None = Field(
-        None, ge=0, description="verifier processes (null = usable CPUs, at most 16; 0 = in-process, no hard timeout)"
+        None, ge=0, description="verifier processes (null = usable CPUs, at most 16; 0 = in-process, no hard timeout)",
+        json_schema_extra=RESUME_SAFE,
     )
     timeout_s: float = Field(
-        10.0, gt=0, description="per-sample grading time limit (extraction + verification; math-verify: 5 + 5)"
+        10.0, gt=0, description="per-sample grading time limit (extraction + verification; math-verify: 5 + 5)",
+        json_schema_extra=RESUME_SAFE,
     )
     kill_grace_s: float = Field(
-        1.0, ge=0, description="extra time before a worker stuck in C code is killed (its sample: 'timeout')"
+        1.0, ge=0, description="extra time before a worker stuck in C code is killed (its sample: 'timeout')",
+        json_schema_extra=RESUME_SAFE,
     )
     require_think_close: bool = Field(
         False,
@@ -99,7 +105,8 @@ class MathEnvConfig(BaseModel):
         default_factory=PythonToolConfig, description="limits of one sandboxed Python call (when tools has 'python')"
     )
     start_method: Literal["forkserver", "spawn", "fork"] = Field(
-        "forkserver", description="how verifier processes start ('fork' is unsafe once threads or CUDA exist)"
+        "forkserver", description="how verifier processes start ('fork' is unsafe once threads or CUDA exist)",
+        json_schema_extra=RESUME_SAFE,
     )
 
 
