@@ -49,9 +49,7 @@ def _generator(direct: bool, sleep_enabled: bool = True, bucket_mb: int = 1) -> 
     generator.llm = llm  # type: ignore[assignment]
     generator.sleep_enabled = sleep_enabled
     generator.direct = direct
-    generator.asleep = set()
-    generator.last_update = {}
-    generator._rpc_thread = None
+    generator._init_state()
     return generator, llm
 
 
