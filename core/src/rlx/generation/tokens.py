@@ -5,6 +5,7 @@ Importing this is cheap: transformers is imported only when `special_tokens` is 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,17 @@ class SpecialTokens:
 
     eos_ids: tuple[int, ...]
     pad_id: int
+
+
+# Files a tokenizer is loaded from. Without any of them transformers 5 still builds a tokenizer from the model
+# type's defaults (e.g. Qwen2: a one-token vocabulary whose EOS is id 0), which would add a bogus EOS id.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _has_tokenizer(path: str) -> bool:
+    if not os.path.isdir(path):
+        return True  # a hub id: let transformers decide
+    return any(os.path.exists(os.path.join(path, name)) for name in _TOKENIZER_FILES)
 
 
 def _ids(value: Any) -> list[int]:
@@ -42,7 +54,7 @@ def special_tokens(model: ModelSpec, *, tokenizer: bool = True) -> SpecialTokens
     except (OSError, ValueError):  # no (usable) generation_config.json
         pass
     sources.append(AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code))
-    if tokenizer:
+    if tokenizer and _has_tokenizer(model.tokenizer_path):
         try:
             sources.append(
                 AutoTokenizer.from_pretrained(model.tokenizer_path, trust_remote_code=model.trust_remote_code)
