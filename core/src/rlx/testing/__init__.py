@@ -21,7 +21,11 @@ What is checked: result shapes and types (n per prompt, len(logprobs) == len(tok
 max_new_tokens, prompt order), n samples differ, seeds reproduce, greedy is deterministic and is the
 reference argmax, `stop_token_ids` and EOS end completions (stop token kept), per-token logprobs agree with
 the reference on softmax(logits / T) before top-k/top-p (mean exp|delta| < 1.01, max |delta| < 0.05 nats),
-`update_weights` consumes its iterator once and outputs follow the new weights, sleep/wake_up keep them.
+`update_weights` consumes its iterator once and outputs follow the new weights, sleep/wake_up keep them; and the
+streaming side (the plugin's own StreamingGenerator methods, else `rlx.generation.as_streaming`'s adapter):
+streamed results equal the batch path, per-request max_new_tokens, ids right in any finishing order, versions
+reported after `update_weights(version=...)`, refusal to serve after an incomplete push, and (when
+`partial_rollouts`) a request in flight across a push continuing under the new weights.
 
 The logprob reference is the builtin `fsdp` trainer's `logprobs` (fp32 on CPU, in a subprocess) when
 `rlx.builtin.fsdp_trainer` is importable, else a plain transformers forward; the test prints which.
