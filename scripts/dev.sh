@@ -37,7 +37,7 @@ if [ ! -f "$stamp" ]; then
         fi
     fi
     echo "[rlx] installing core and plugins"
-    "${PIP[@]}" install -e core -e plugins/env_math -e plugins/backend_sglang -e plugins/backend_trtllm -e plugins/backend_vllm
+    "${PIP[@]}" install -e 'core[plot]' -e plugins/env_math -e plugins/backend_sglang -e plugins/backend_trtllm -e plugins/backend_vllm
     if has_gpu; then
         "${PIP[@]}" install -e 'plugins/backend_vllm[cuda]' \
             || echo "[rlx] vllm (CUDA) did not install on this GPU host: the vllm generator is unavailable and its tests skip"
