@@ -21,10 +21,10 @@ from rlx.data import PromptEncoder
 from rlx.interfaces import Completion, EpisodeEnvironment, Observation, Score, Turn
 from rlx.metrics import read_metrics
 from rlx.rollout import EpisodeCollector
-from rlx.testing import EpisodeConformance
+from rlx.testing import EnvironmentConformance
 
 
-class TestGuessEpisodes(EpisodeConformance):
+class TestGuessConformance(EnvironmentConformance):
     @pytest.fixture(scope="class")
     def make_environment(self):
         return lambda seed: GuessEnvironment(GuessConfig(train_size=64), seed=seed)

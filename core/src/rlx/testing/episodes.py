@@ -1,22 +1,16 @@
-"""`EpisodeConformance`: the pytest suite a multi-turn environment (one with `start_episode`) passes, beside the
-single-turn checks. It drives episodes the way the core does (`Turn`s of decoded text, from worker threads) and
-checks what the core relies on: each step answers with an Observation of chat messages or a finite Score, never
-raises on whatever a model writes, returns promptly, keeps episodes independent (concurrent episodes give what
-sequential ones give), and the embedded model's warm-up dialogues mean what the warm-up assumes
-(`metadata['demonstration']` replayed solves its problem, `metadata['distractors']` dialogues do not).
-
-Usage::
-
-    class TestMyEpisodes(EpisodeConformance):
-        @pytest.fixture(scope="class")
-        def make_environment(self):
-            return lambda seed: MyEnvironment(MyConfig(), seed=seed)
+"""`EpisodeConformance`: the episode part of `EnvironmentConformance` (which includes it), run when the environment
+is multi-turn (has `start_episode`) and skipped, saying so, when it is not. It drives episodes the way the core
+does (`Turn`s of decoded text, from worker threads) and checks what the core relies on: each step answers with an
+Observation of chat messages or a finite Score, never raises on whatever a model writes, returns promptly, keeps
+episodes independent (concurrent episodes give what sequential ones give), and the embedded model's warm-up
+dialogues mean what the warm-up assumes (`metadata['demonstration']` replayed solves its problem, dialogue
+`metadata['distractors']` do not). Subclass `EnvironmentConformance`, not this.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -24,8 +18,6 @@ import pytest
 from rlx.contracts import check_step_result
 from rlx.errors import ComponentError
 from rlx.interfaces import Environment, EpisodeEnvironment, Message, Observation, Problem, Score, Turn
-
-MakeEnvironment = Callable[[int], Environment]
 
 #: turns a model may write, by name (each is sent as every turn of an episode)
 GARBAGE_TURNS: dict[str, str] = {
@@ -58,39 +50,25 @@ def assistant_turns(dialogue: Sequence[Message]) -> list[str]:
 
 
 class EpisodeConformance:
-    """Subclass in your test module and override the `make_environment` fixture (as for `EnvironmentConformance`).
+    """The episode tests (a mixin: the `environment` fixture comes from `EnvironmentConformance`).
 
     Class attributes a plugin may override (say why in a comment):
     """
 
-    #: the seed `make_environment` is called with.
-    seed: int = 0
-    #: how many training problems the tests use.
-    max_problems: int = 16
+    #: how many training problems the episode tests use.
+    max_episode_problems: int = 16
     #: turns per garbage episode (an episode may go on as long as it likes; the core ends it at `rollout.max_turns`).
     max_turns: int = 4
     #: one step must return within this many seconds (the core's default `rollout.env_timeout_s` is 30).
     step_time_limit_s: float = 30.0
 
     @pytest.fixture(scope="class")
-    def make_environment(self) -> MakeEnvironment:
-        """Override: return a callable building your environment for a seed."""
-        pytest.fail(f"{type(self).__name__} must override the `make_environment` fixture (see rlx.testing)")
-
-    @pytest.fixture(scope="class")
-    def environment(self, make_environment: MakeEnvironment) -> Iterator[Environment]:
-        env = make_environment(self.seed)
-        yield env
-        env.close()
-
-    @pytest.fixture(scope="class")
     def episode_problems(self, environment: Environment) -> list[Problem]:
-        problems = list(environment.problems("train"))[: self.max_problems]
+        if not isinstance(environment, EpisodeEnvironment):
+            pytest.skip("single-turn environment (no start_episode): the episode tests do not apply")
+        problems = list(environment.problems("train"))[: self.max_episode_problems]
         assert problems, "problems('train') is empty"
         return problems
-
-    def test_has_episodes(self, environment: Environment) -> None:
-        assert isinstance(environment, EpisodeEnvironment), "the environment has no start_episode(problem)"
 
     @pytest.mark.parametrize("kind", sorted(GARBAGE_TURNS))
     def test_garbage_turns_get_a_valid_answer_promptly(self, environment: Environment, episode_problems: list[Problem],
