@@ -48,19 +48,27 @@ PROBLEM = Problem("p0", (user("What is 2 + 3?"),), "5")
 
 
 class ScriptedGenerator:
-    """Call k answers every prompt with `turns[k]` (ids, finish reason); logprobs are distinct per position."""
+    """Call k answers with `turns[k]`: (ids, finish reason), or a list of them, one per sample in the call's order
+    (cycled). Logprobs are distinct per position; every prompt gets `params.n` samples."""
 
-    def __init__(self, turns: list[tuple[list[int], str]]) -> None:
+    def __init__(self, turns: list) -> None:
         self.turns = turns
         self.calls: list[tuple[list[list[int]], SamplingParams]] = []
 
     def generate(self, prompts, params):
-        ids, reason = self.turns[min(len(self.calls), len(self.turns) - 1)]
+        script = self.turns[min(len(self.calls), len(self.turns) - 1)]
+        options = script if isinstance(script, list) else [script]
         k = len(self.calls)
         self.calls.append(([list(p) for p in prompts], params))
-        ids = ids[: params.max_new_tokens]
-        return [[Completion(tuple(ids), tuple(-(k + 1) - i / 100 for i in range(len(ids))), reason)]
-                for _ in prompts]
+        out = []
+        for i in range(len(prompts)):
+            group = []
+            for j in range(params.n):
+                ids, reason = options[(i * params.n + j) % len(options)]
+                ids = ids[: params.max_new_tokens]
+                group.append(Completion(tuple(ids), tuple(-(k + 1) - t / 100 for t in range(len(ids))), reason))
+            out.append(group)
+        return out
 
 
 class ScriptedEpisode:
@@ -174,24 +182,49 @@ def test_episode_is_exactly_the_sampled_ids_plus_observation_tokens(any_tokenize
     assert gen_logprobs[0, n_p + len(first) : n_p + len(first) + len(observation)].abs().sum() == 0
 
 
+PROBLEM_2 = Problem("p1", (user("What is 1 + 1?"),), "2")
+
+
 def test_each_round_is_one_generate_call_continuing_every_episode_from_its_prefix(tokenizer):
-    turns = [(turn_ids(tokenizer, "1"), "stop"), (turn_ids(tokenizer, "2"), "stop"), (turn_ids(tokenizer, "3"), "stop")]
+    one, two = (turn_ids(tokenizer, "1"), "stop"), (turn_ids(tokenizer, "2"), "stop")
+    turns = [[one, two], [(turn_ids(tokenizer, "3"), "stop")], [(turn_ids(tokenizer, "4"), "stop")]]
     replies = [Observation((user("again"),)), Observation((user("again"),)), Score(0.5, "partial")]
     c, gen, _ = collector(tokenizer, turns, replies)
-    groups = c.generate([PROBLEM, PROBLEM], PARAMS)
-    assert len(gen.calls) == 3  # rounds, each over all 4 live episodes (2 problems x n=2), one sample each
-    assert all(len(prompts) == 4 and params.n == 1 for prompts, params in gen.calls)
-    samples = c.score([PROBLEM, PROBLEM], groups)
+    groups = c.generate([PROBLEM, PROBLEM_2], PARAMS)
+    # round 1: each group's 2 episodes share their prompt: 2 prompts x n=2; they then said "1" and "2", so
+    # rounds 2 and 3 continue 4 different prefixes, one sample each; one call per round
+    assert [(len(prompts), params.n) for prompts, params in gen.calls] == [(2, 2), (4, 1), (4, 1)]
+    samples = c.score([PROBLEM, PROBLEM_2], groups)
+    assert [[s.transcript[0]["content"] for s in g] for g in samples] == [["1", "2"], ["1", "2"]]
     first = samples[0][0]
     # round 2 continued from prompt + turn 1 + observation 1, exactly
     turn1_end = len(turn_ids(tokenizer, "1")) + len(c.chat.observation_ids([user("again")], tokenizer.eos_token_id))
-    assert gen.calls[1][0][0] == [*first.prompt_ids, *first.response_ids[:turn1_end]]
+    assert [*first.prompt_ids, *first.response_ids[:turn1_end]] in gen.calls[1][0]
     assert len({params.seed for _, params in gen.calls}) == 3  # a fresh seed per round
     assert all(s.score == Score(0.5, "partial") and s.num_turns == 3 for g in samples for s in g)
     metrics = c.metrics([s for g in samples for s in g])
     assert metrics["episode/turns_mean"] == 3.0 and metrics["episode/rounds"] == 3
     obs = sum(s.num_observation_tokens for g in samples for s in g)
     assert metrics["episode/observation_token_frac"] == obs / sum(len(s.response_ids) for g in samples for s in g)
+
+
+class SeededPerRequest:
+    """Like vLLM: a request's samples depend only on (prompt, seed, sample index), so identical prompts sent as
+    separate requests with one seed would come back identical."""
+
+    def __init__(self, tokenizer) -> None:
+        self.digits = [turn_ids(tokenizer, str(d)) for d in range(10)]
+
+    def generate(self, prompts, params):
+        return [[Completion(tuple(ids := self.digits[hash((tuple(p), params.seed, j)) % 10]), (-1.0,) * len(ids), "stop")
+                 for j in range(params.n)] for p in prompts]
+
+
+def test_a_group_of_episodes_gets_independent_samples_from_a_per_request_seeded_engine(tokenizer):
+    env, encoder = ScriptedEnv([Score(0.0, "wrong")]), PromptEncoder(tokenizer, 256)
+    c = EpisodeCollector(SeededPerRequest(tokenizer), env, encoder)
+    group = c.collect([PROBLEM], SamplingParams(n=8, max_new_tokens=4, seed=5))[0]
+    assert len({s.response_ids for s in group}) > 1
 
 
 def test_observation_rewards_add_up_to_the_episode_return(tokenizer):

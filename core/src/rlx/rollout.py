@@ -264,10 +264,11 @@ class EpisodeRun:
 class EpisodeCollector(RolloutCollector):
     """Runs `params.n` episodes per problem to their end and returns them as Samples, one group per problem.
 
-    Each round: one `generate` call (n=1 per episode) over every live episode, continuing from its token prefix
-    (engines with prefix caching reuse the shared part), then every episode's `step` in parallel on worker threads
-    with a deadline (`rollout.env_timeout_s`). Episodes whose room left differs get their own call in the round
-    (each turn may take min(max_new_tokens, tokens left in the episode's budget)): usually there is one.
+    Each round: the next turn of every live episode, sampled from its token prefix (engines with prefix caching
+    reuse the shared part) in one `generate` call (episodes with the same prefix, e.g. a group's G episodes in
+    the first round, are one prompt with n samples; a call per distinct n and per-turn token cap, which is
+    min(max_new_tokens, tokens left in the episode's budget)), then every episode's `step` in parallel on worker
+    threads with a deadline (`rollout.env_timeout_s`).
 
     Limits end an episode with a status (`rlx.interfaces.EPISODE_LIMIT_STATUSES`): after `max_turns` model turns an
     observation ends it ("max_turns"); with no room for another turn within `max_tokens` (and the model's
@@ -326,17 +327,25 @@ class EpisodeCollector(RolloutCollector):
         return _regroup(runs, [params.n] * len(problems))
 
     def _model_turns(self, live: list[EpisodeRun], params: SamplingParams, round_index: int) -> list[Turn]:
-        """One model turn for each live episode: one generate call per distinct per-turn token cap."""
-        caps = [min(params.max_new_tokens, self.budget - r.length) for r in live]
+        """One model turn for each live episode.
+
+        Episodes with the same prefix (all G of a group in the first round; later, those that said and heard the
+        same) are one prompt sampled n times: engines that seed each request with `params.seed` (vLLM) would
+        return the same sample for identical prompts sent separately. One call per distinct (token cap, n)."""
+        shared: dict[tuple[int, tuple[int, ...]], list[int]] = defaultdict(list)
+        for i, run in enumerate(live):
+            shared[(min(params.max_new_tokens, self.budget - run.length), tuple(run.prefix()))].append(i)
+        calls: dict[tuple[int, int], list[tuple[tuple[int, ...], list[int]]]] = defaultdict(list)
+        for (cap, prefix), members in shared.items():
+            calls[(cap, len(members))].append((prefix, members))
         turns: list[Turn | None] = [None] * len(live)
-        for cap in sorted(set(caps), reverse=True):
-            idx = [i for i, c in enumerate(caps) if c == cap]
-            seed = None if params.seed is None else (params.seed * 1_000_003 + round_index * 7_919 + cap) % 2**62
-            call = replace(params, n=1, max_new_tokens=cap, seed=seed)
-            completions = self.generator.generate([live[i].prefix() for i in idx], call)
-            for i, group in zip(idx, completions, strict=True):
-                completion = group[0]
-                turns[i] = live[i].add_turn(completion, self.encoder.decode(completion.token_ids))
+        for (cap, n), prompts in sorted(calls.items(), reverse=True):
+            seed = None if params.seed is None else (params.seed * 1_000_003 + round_index * 7_919 + cap * 131 + n) % 2**62
+            call = replace(params, n=n, max_new_tokens=cap, seed=seed)
+            completions = self.generator.generate([prefix for prefix, _ in prompts], call)
+            for (_, members), group in zip(prompts, completions, strict=True):
+                for i, completion in zip(members, group, strict=True):
+                    turns[i] = live[i].add_turn(completion, self.encoder.decode(completion.token_ids))
         return turns  # type: ignore[return-value]
 
     def _advance(self, run: EpisodeRun, result: CallResult, errors: list[str]) -> None:
