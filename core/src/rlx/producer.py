@@ -57,6 +57,7 @@ class RolloutProducer:
         self.cursor = cursor
         self.problems = problems
         self.grpo = grpo
+        self._warned_short = False
 
     def produce(self, step_seed: int) -> StepRollouts:
         g = self.grpo
@@ -104,8 +105,10 @@ class RolloutProducer:
                 generator.sleep()
 
         trained = kept[:target]
-        if len(trained) < target:
-            log.warning("dynamic sampling: %d of %d groups had differing rewards after %d rounds; training on those",
+        if len(trained) < target and not self._warned_short:  # once: the metric dynamic_sampling/short_groups says the rest
+            self._warned_short = True
+            log.warning("dynamic sampling: %d of %d groups had differing rewards after %d rounds; training on those "
+                        "(dynamic_sampling/short_groups counts this per step; raise grpo.dynamic_sampling.max_rounds)",
                         len(trained), target, done_rounds)
         metrics = {
             "dynamic_sampling/rounds": float(done_rounds),
