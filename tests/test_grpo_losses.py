@@ -363,3 +363,16 @@ def test_micro_batch_split_gives_the_same_gradient(agg, surrogate):
         assert m.keys() == m1.keys()
         for k in m1:
             assert m[k] == pytest.approx(m1[k], abs=1e-6), k
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "gspo_token", "cispo"])
+def test_selected_loss_fn_is_picklable(name):
+    """The loss travels to trainer processes (local spawn, Ray actors) by pickle."""
+    from rlx.algorithms import select_algorithms
+    from rlx.config import GRPOConfig
+
+    fn = select_algorithms(GRPOConfig(policy_loss=name, clip_high=0.28)).loss_fn()
+    again = pickle.loads(pickle.dumps(fn))
+    old, new = with_ratios([[1.5, 0.5]])
+    batch = make_batch(old, [1.0])
+    assert again(new, batch)[0].item() == fn(new, batch)[0].item()
