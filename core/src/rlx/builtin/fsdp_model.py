@@ -202,14 +202,23 @@ def _flash_varlen(
         options["scale"] = scale
     elif scale is not None and abs(scale - query.shape[-1] ** -0.5) > 1e-12:
         raise NotImplementedError("this torch's varlen_attn has no `scale` argument; the model needs one")
-    if query.shape[1] != key.shape[1]:
-        if "enable_gqa" in names:
-            options["enable_gqa"] = True
-        else:  # older torch: give every query head its own key/value head
-            repeat = query.shape[1] // key.shape[1]
-            key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
-    return varlen_attn(query.contiguous(), key.contiguous(), value.contiguous(), cu_seqlens, cu_seqlens,
-                       max_len, max_len, **options)  # fmt: skip
+    if query.shape[1] != key.shape[1] and "enable_gqa" in names:
+        options["enable_gqa"] = True
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    if query.shape[1] != key.shape[1] and "enable_gqa" not in names and not _native_gqa.get("works", True):
+        repeat = query.shape[1] // key.shape[1]  # give every query head its own key/value head
+        key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
+    try:
+        return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, **options)
+    except RuntimeError:
+        # a torch without `enable_gqa` whose wrapper rejects fewer key/value heads (the kernel takes them)
+        if query.shape[1] == key.shape[1] or "enable_gqa" in names or "works" in _native_gqa:
+            raise
+        _native_gqa["works"] = False
+        return _flash_varlen(query, key, value, cu_seqlens, max_len, scale)
+
+
+_native_gqa: dict[str, bool] = {}
 
 
 def register_varlen_attention() -> None:

@@ -117,6 +117,9 @@ class FSDPTrainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.optimizer_steps = 0
+        #: this rank's last logprobs/train_step call: micro_batches, real_tokens, computed_tokens (positions the
+        #: decoder ran on: real + padding), for benchmarks and metrics
+        self.last_call: dict[str, int] = {}
 
     # ---------------------------------------------------------------------------------------- building
 
@@ -215,11 +218,16 @@ class FSDPTrainer:
         cpu = map_fields(batch, lambda v: v.cpu())
         on_device = map_fields(cpu, lambda v: v.to(self.device, non_blocking=True))  # one copy per field per call
         varlen = self.config.attention == "varlen"
-        for rows in self._plan(cpu, token_budget):
+        plan = self._plan(cpu, token_budget)
+        self.last_call = {"micro_batches": len(plan), "real_tokens": 0, "computed_tokens": 0}
+        for rows in plan:
             if token_budget is None:
-                yield padded_micro_batch(cpu, on_device, rows, device=self.device)
+                micro = padded_micro_batch(cpu, on_device, rows, device=self.device)
             else:
-                yield packed_micro_batch(cpu, on_device, rows, varlen=varlen, device=self.device)
+                micro = packed_micro_batch(cpu, on_device, rows, varlen=varlen, device=self.device)
+            self.last_call["real_tokens"] += micro.tokens
+            self.last_call["computed_tokens"] += int(micro.input_ids.numel())
+            yield micro
 
     def _forward(
         self, model: PolicyLogprobs, micro: MicroBatch, temperature: float, with_entropy: bool
