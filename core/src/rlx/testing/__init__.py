@@ -1,4 +1,5 @@
-"""Conformance suites for component authors: a third-party generator passes the same tests as `hf` and `vllm`.
+"""Conformance suites for component authors: a third-party generator passes the same tests as `hf` and `vllm`,
+a third-party trainer the same as `fsdp`.
 
 Usage, in your plugin's test module (pytest)::
 
@@ -27,9 +28,26 @@ The logprob reference is the builtin `fsdp` trainer's `logprobs` (fp32 on CPU, i
 Engines that cannot run fp32 may override class attributes, stating why in a comment: `model_dtype`,
 `logprob_mismatch_tolerance`, `logprob_max_abs_diff`, `greedy_tolerance`, `reference`.
 Helpers for your own tests: `make_tiny_model`, `make_tiny_models`, `iter_safetensors`.
+
+A trainer package does the same with `TrainerConformance` and a `make_trainer` fixture (a callable taking the
+ModelSpec; use a learning rate that moves the weights in one step, e.g. 1e-3). It checks: logprobs shape, dtype,
+alignment to input_ids and masking (exactly 0 outside completion_mask) against a plain fp32 transformers forward
+at two temperatures, independence from the other rows of the batch, that train_step moves the weights and
+reports finite loss/grad_norm, that named_weights are HF names and full tensors that load into a transformers
+model and reproduce the trainer's logprobs, that a checkpoint resumes bit-exactly, and that export_hf loads with
+transformers. Class attributes to override (say why): `model_dtype`, `logprob_atol`, `checkpoint_atol`,
+`max_seq_len`.
 """
 
 from rlx.testing.fixtures import TinyModels, iter_safetensors, make_tiny_model, make_tiny_models
 from rlx.testing.generator import GeneratorConformance
+from rlx.testing.trainer import TrainerConformance
 
-__all__ = ["GeneratorConformance", "TinyModels", "iter_safetensors", "make_tiny_model", "make_tiny_models"]
+__all__ = [
+    "GeneratorConformance",
+    "TinyModels",
+    "TrainerConformance",
+    "iter_safetensors",
+    "make_tiny_model",
+    "make_tiny_models",
+]
