@@ -71,7 +71,7 @@ def make_random_reward_env(config: _NoOptions, *, seed: int) -> RandomRewardEnv:
 
 
 def build_model(folder: Path, tiny: bool) -> str:
-    from rlx.builtin.tiny import build_tokenizer, default_corpus, tiny_model
+    from rlx.models.tiny import build_tokenizer, default_corpus, tiny_model
 
     if tiny:
         return tiny_model(folder)
@@ -110,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     from rlx.cluster import build_components
-    from rlx.loop import GRPOLoop, PromptEncoder
+    from rlx.data import PromptEncoder
+    from rlx.loop import GRPOLoop
+    from rlx.models import load_tokenizer
     from rlx.plan import resolve_plan
     from rlx.plugins import add_plugin
-    from rlx.run import load_tokenizer, quiet_libraries
+    from rlx.registry import BuildContext
+    from rlx.run import quiet_libraries
 
     for module in args.plugin:
         add_plugin(importlib.import_module(module), module)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     env = RandomRewardEnv(max(args.prompts * (args.steps + 1), 64), args.prompt_chars, seed=0)
     spec = ModelSpec(path=model_path, dtype=cfg.model.dtype, max_seq_len=cfg.model.max_seq_len)
     t = time.perf_counter()
-    components = build_components(plan, spec, env)
+    components = build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=spec), env)
     build_s = time.perf_counter() - t
     tokenizer = load_tokenizer(spec)
     loop = GRPOLoop(generator=components.generator, trainer=components.trainer, env=env,

@@ -82,7 +82,7 @@ def main() -> None:
         if args.tiny:
             from transformers import AutoTokenizer
 
-            from rlx.builtin.tiny import tiny_model
+            from rlx.models.tiny import tiny_model
 
             path = tiny_model(Path(tmp) / "tiny")
             tokenizer = AutoTokenizer.from_pretrained(path)

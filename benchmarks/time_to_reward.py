@@ -239,9 +239,9 @@ def trl_worker(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlx.builtin.embedded import ensure_embedded_model
     from rlx.cli import default_recipe
     from rlx.config import build_config
+    from rlx.models.embedded import ensure_embedded_model
     from rlx_math.env import MathEnvironment
     from rlx_math.plugin import MathEnvConfig
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def build_tiny(out_dir: Path, hidden_size: int, layers: int) -> str:
-    from rlx.builtin.tiny import build_tiny_qwen2, build_tokenizer, default_corpus
+    from rlx.models.tiny import build_tiny_qwen2, build_tokenizer, default_corpus
 
     tokenizer = build_tokenizer(default_corpus())
     heads = hidden_size // 64  # head_dim 64: supported by vLLM's CPU attention

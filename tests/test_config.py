@@ -48,7 +48,7 @@ def test_mini_batch_must_divide():
 def test_component_section_validated_against_its_own_config():
     plan = resolve_plan(build_config(None, ["trainer.lr=3e-6", "trainer.micro_batch_size=2"], env="echo")) \
         if _has_echo() else resolve_plan(build_config(None, ["trainer.lr=3e-6", "trainer.micro_batch_size=2"]))
-    assert plan.component_configs["trainer"].lr == 3e-6
+    assert plan.selection.trainer.config.lr == 3e-6
     with pytest.raises(ConfigError, match=r"unknown config key 'trainer.lrr'.*Did you mean 'lr'"):
         resolve_plan(build_config(None, ["trainer.lrr=1"]))
 

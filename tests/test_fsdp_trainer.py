@@ -67,14 +67,14 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from rlx.builtin.tiny import tiny_model
+    from rlx.models.tiny import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 @pytest.fixture(scope="module")
 def tiny_tied_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from rlx.builtin.tiny import tiny_model
+    from rlx.models.tiny import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny-tied"), seed=1, tie_word_embeddings=True)
 

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import torch
 
-from rlx.interfaces import Completion
-from rlx.loop import DataCursor, collate, mini_batches
+from rlx.data import DataCursor
+from rlx.interfaces import Completion, Problem, Score
+from rlx.loop import mini_batches
+from rlx.rollout import Sample, collate
+
+
+def _samples(prompts, comps):
+    problem = Problem("p", ({"role": "user", "content": "x"},), "1")
+    return [Sample.single_turn(problem, p, c, "", Score(0.0, "wrong")) for p, c in zip(prompts, comps, strict=True)]
 
 
 def test_collate_right_pads_and_aligns_generator_logprobs():
     prompts = [[5, 6], [7]]
     comps = [Completion((8, 2), (-0.5, -0.25), "stop"), Completion((9, 9, 9), (-1.0, -2.0, -3.0), "length")]
-    batch, gen = collate(prompts, comps, pad_id=0)
+    batch, gen = collate(_samples(prompts, comps), pad_id=0)
     assert batch.input_ids.tolist() == [[5, 6, 8, 2], [7, 9, 9, 9]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
     assert batch.completion_mask.tolist() == [[False, False, True, True], [False, True, True, True]]
     assert gen.tolist() == [[0, 0, -0.5, -0.25], [0, -1.0, -2.0, -3.0]]
-    batch2, _ = collate([[1, 2, 3]], [Completion((), (), "length")], pad_id=0)
+    batch2, _ = collate(_samples([[1, 2, 3]], [Completion((), (), "length")]), pad_id=0)
     assert batch2.completion_mask.sum() == 0 and batch2.attention_mask.tolist() == [[1, 1, 1]]
 
 

@@ -48,7 +48,7 @@ SMALL = [
     "logging.progress=false",
     "checkpoint.resume=false",
 ]
-RAY = ["cluster.kind=ray", "cluster.cpus_per_worker=0.5", "cluster.timeout_s=120"]
+RAY = ["cluster.kind=ray", "cluster.ray.cpus_per_worker=0.5", "cluster.timeout_s=120"]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,8 @@ def test_two_nodes_spread_trainer_matches_local_weights(local_run, cluster, tmp_
             *RAY,
             "cluster.trainer_workers=2",
             "cluster.generator_replicas=1",
-            "cluster.placement=separate",
-            "cluster.strategy=STRICT_SPREAD",
+            "cluster.ray.placement=separate",
+            "cluster.ray.strategy=STRICT_SPREAD",
         ),
         monkeypatch,
     )
@@ -287,14 +287,17 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
     responding (SIGSTOP) fails `generate` after cluster.timeout_s, naming it; closing stops every actor."""
     from rich.console import Console
 
-    from rlx.cluster import build_components, build_environment
+    from rlx.cluster import build_components
     from rlx.cluster.ray import RayWorkerError
     from rlx.interfaces import SamplingParams
-    from rlx.run import resolve_model
+    from rlx.models import resolve_model
+    from rlx.registry import BuildContext
 
     plan = make_plan(tmp_path, *RAY, "cluster.trainer_workers=2", "cluster.generator_replicas=2")
-    env = build_environment(plan)
-    components = build_components(plan, resolve_model(plan.config, env, Console()), env)
+    cfg = plan.config
+    env = plan.selection.environment.build(BuildContext(seed=cfg.seed))
+    model = resolve_model(cfg.model, env, seed=cfg.seed, console=Console())
+    components = build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=model), env)
     try:
         generator, trainer = components.generator, components.trainer
         generator.timeout_s = 20  # the deadline of every later call (start-up on a busy CPU takes longer)

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlx.builtin import tiny
+from rlx.models import tiny
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,3 @@ def test_eos_logit_bias_makes_eos_likely(tmp_path: Path, tie: bool) -> None:
     assert p_plain.max() < 0.05
     # +8 logits over ~500 near-uniform tokens: p(eos) = e^8 / (e^8 + 500) ~ 0.86
     assert p_biased.min() > 0.6
-
-
-def test_builtin_tiny_path_builds_once(tmp_path: Path) -> None:
-    first = tiny.builtin_tiny_path(tmp_path)
-    stamp = (Path(first) / "model.safetensors").stat().st_mtime_ns
-    assert tiny.builtin_tiny_path(tmp_path) == first
-    assert (Path(first) / "model.safetensors").stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [Path(first).name]  # no staging folder left behind

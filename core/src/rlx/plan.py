@@ -10,24 +10,61 @@ from pydantic import BaseModel
 
 from rlx.config import RunConfig, component_config, to_yaml
 from rlx.interfaces import ComponentKind
-from rlx.registry import Catalog, ComponentSpec
+from rlx.registry import BuildContext, Catalog, ComponentSpec
 
 # config section name -> component kind
 SECTIONS: dict[str, ComponentKind] = {"generator": "generator", "trainer": "trainer", "env": "environment"}
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One chosen component and its own validated Config: all it needs to build itself."""
+
+    spec: ComponentSpec
+    config: BaseModel
+
+    @classmethod
+    def named(cls, kind: ComponentKind, name: str, config: BaseModel | None = None) -> Choice:
+        """The installed component `name` of `kind` with `config` (default: its Config's defaults)."""
+        from rlx.plugins import catalog
+
+        spec = catalog().get(kind, name)
+        return cls(spec, config if config is not None else spec.config())
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def build(self, ctx: BuildContext):  # noqa: ANN201 - a Generator, Trainer or Environment, by kind
+        return self.spec.build(self.config, ctx)
+
+    def options(self) -> dict:
+        return {"name": self.spec.name, **self.config.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The three components of a run."""
+
+    generator: Choice
+    trainer: Choice
+    environment: Choice
+
+    def of(self, kind: ComponentKind) -> Choice:
+        return getattr(self, kind)
+
+
 @dataclass
 class Plan:
-    """A validated run: the config plus, per kind, the chosen component and its typed Config."""
+    """A validated run: the config plus the chosen components, each with its typed Config."""
 
     config: RunConfig
-    components: dict[ComponentKind, ComponentSpec]
-    component_configs: dict[ComponentKind, BaseModel]
+    selection: Selection
 
     def to_yaml(self) -> str:
         data = self.config.model_dump(mode="json")
         for section, kind in SECTIONS.items():
-            data[section] = {"name": self.components[kind].name, **self.component_configs[kind].model_dump(mode="json")}
+            data[section] = self.selection.of(kind).options()
         import yaml
 
         return yaml.safe_dump(data, sort_keys=False)
@@ -37,7 +74,7 @@ class Plan:
         g = c.grpo
         lines = [f"[bold]rlx run[/bold] '{c.name}' -> {c.output_dir}"]
         for kind in SECTIONS.values():
-            spec = self.components[kind]
+            spec = self.selection.of(kind).spec
             lines.append(f"  {kind:<11} {spec.name:<8} ({spec.plugin.distribution} {spec.plugin.version})")
         lines.append(f"  model       {c.model.path} (dtype {c.model.dtype}, max_seq_len {c.model.max_seq_len})")
         lines.append(
@@ -63,15 +100,14 @@ def resolve_plan(config: RunConfig, catalog: Catalog | None = None) -> Plan:
         from rlx.plugins import catalog as load_catalog
 
         catalog = load_catalog()
-    components: dict[ComponentKind, ComponentSpec] = {}
-    configs: dict[ComponentKind, BaseModel] = {}
+    choices: dict[ComponentKind, Choice] = {}
     for section, kind in SECTIONS.items():
         chosen = getattr(config, section)
         spec = catalog.get(kind, chosen.name)
-        configs[kind] = component_config(chosen, spec.config, section)
+        validated = component_config(chosen, spec.config, section)
         spec.check_installed()
-        components[kind] = spec
-    return Plan(config, components, configs)
+        choices[kind] = Choice(spec, validated)
+    return Plan(config, Selection(**choices))
 
 
-__all__ = ["Plan", "resolve_plan", "to_yaml"]
+__all__ = ["Choice", "Plan", "Selection", "resolve_plan", "to_yaml"]

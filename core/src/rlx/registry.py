@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlx.errors import ComponentError, PluginError
-from rlx.interfaces import KINDS, ComponentKind
+from rlx.errors import ComponentError, PluginError, RlxError, a_or_an
+from rlx.interfaces import KINDS, ComponentKind, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,72 @@ class ComponentSpec:
                     f"'{module}', which is not installed.{hint}"
                 )
 
+    @property
+    def label(self) -> str:
+        """How messages name this component: kind, name and the distribution that provides it."""
+        return f"{self.kind} '{self.name}' (from {self.plugin.distribution})"
+
     def load_factory(self) -> Any:
+        """The factory itself (after checking the packages it needs are installed)."""
         self.check_installed()
-        module_name, _, attr = self.factory.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-            return getattr(module, attr) if attr else module
-        except Exception as exc:  # a broken implementation module must be named, not a bare traceback
-            raise ComponentError(
-                f"{self.kind} '{self.name}' (from {self.plugin.distribution}) failed to load "
-                f"'{self.factory}': {type(exc).__name__}: {exc}"
-            ) from exc
+        return load_factory(self.factory, label=self.label)
+
+    def build(self, config: BaseModel, ctx: BuildContext) -> Any:
+        """Build the component from its own validated config and the build context (see `build_component`)."""
+        self.check_installed()
+        return build_component(self.kind, self.factory, config, ctx, label=self.label)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a component factory receives besides its own config: never the run config.
+
+    seed: the run seed. model: the resolved policy model (generators and trainers; None for environments).
+    with_reference: trainers also build the frozen reference policy (the KL term is on).
+    """
+
+    seed: int
+    model: ModelSpec | None = None
+    with_reference: bool = False
+
+
+def load_factory(import_string: str, *, label: str = "component") -> Any:
+    """`"package.module:attr"` -> the attribute. The one place rlx imports a component implementation."""
+    module_name, sep, attr = import_string.partition(":")
+    if not sep or not module_name or not attr:
+        raise ComponentError(f"{label}: a factory must be an import string 'module:attr', got {import_string!r}")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except Exception as exc:  # a broken implementation module must be named, not a bare traceback
+        raise ComponentError(f"{label} failed to load '{import_string}': {type(exc).__name__}: {exc}") from exc
+
+
+# what each kind's factory is called with besides its config (the documented factory signatures)
+def _factory_kwargs(kind: ComponentKind, ctx: BuildContext) -> dict[str, Any]:
+    if kind == "environment":
+        return {"seed": ctx.seed}
+    if ctx.model is None:
+        raise ValueError(f"building {a_or_an(kind)} needs BuildContext.model")
+    if kind == "trainer":
+        return {"model": ctx.model, "seed": ctx.seed, "with_reference": ctx.with_reference}
+    return {"model": ctx.model, "seed": ctx.seed}
+
+
+def build_component(kind: ComponentKind, factory: str, config: BaseModel, ctx: BuildContext, *, label: str) -> Any:
+    """Call the component's factory as its kind's contract says. A factory that raises becomes one
+    ComponentError naming the component and its plugin (an RlxError it raises itself passes through as is)."""
+    make = load_factory(factory, label=label)
+    try:
+        return make(config, **_factory_kwargs(kind, ctx))
+    except RlxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the plugin's bug, reported with its name
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        raise ComponentError(
+            f"{label} could not be built: its factory '{factory}' raised {type(exc).__name__}: {detail} "
+            f"(set RLX_DEBUG=1 for the traceback)"
+        ) from exc
 
 
 class ComponentRegistry:
@@ -94,7 +149,7 @@ class ComponentRegistry:
         if name in self._sink:
             other = self._sink[name].plugin
             raise PluginError(
-                f"two plugins register a {self.kind} named '{name}': {other.distribution} "
+                f"two plugins register {a_or_an(self.kind)} named '{name}': {other.distribution} "
                 f"(plugin '{other.name}', {other.module}) and {self._plugin.distribution} "
                 f"(plugin '{self._plugin.name}', {self._plugin.module}); uninstall or disable one "
                 f"(RLX_DISABLE_PLUGINS={self._plugin.name})"

@@ -1,79 +1,147 @@
-"""`rlx run`: build the components a Plan names, then drive the GRPO loop with logging, validation,
-checkpoints (and exact resume) and the final Hugging Face export."""
+"""`rlx run`: build the components a Plan names, drive the GRPO loop (validation and checkpoint periods, exact
+resume), export the policy. The pieces: `rlx.models` (which model), `rlx.cluster` (where components live),
+`rlx.loop` (one GRPO step), `rlx.rundir` (what is written where)."""
 
 from __future__ import annotations
 
-import logging
 import random
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
-from rlx.checkpoint import CheckpointManager
-from rlx.cluster import Components, build_components, build_environment
-from rlx.config import RunConfig
-from rlx.errors import ConfigError
-from rlx.interfaces import Environment, ModelSpec
-from rlx.loop import GRPOLoop, PromptEncoder
-from rlx.metrics import MetricsLogger, truncate_metrics
+from rlx.cluster import Components, build_components
+from rlx.contracts import CheckedEnvironment
+from rlx.data import PromptEncoder, fitting_problems
+from rlx.loop import GRPOLoop
+from rlx.metrics import MetricsLogger
+from rlx.models import load_tokenizer, resolve_model
 from rlx.plan import Plan
-
-log = logging.getLogger("rlx.run")
-
-
-def resolve_model(config: RunConfig, env: Environment, console: Console) -> ModelSpec:
-    """`builtin:tiny` -> the embedded tiny model (built and warmed up once, then cached); else as given."""
-    m = config.model
-    path = m.path
-    if path.startswith("builtin:"):
-        from rlx.builtin.embedded import ensure_embedded_model
-
-        path = str(ensure_embedded_model(path.removeprefix("builtin:"), env, seed=config.seed, console=console))
-    elif path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
-        raise ConfigError(f"model.path '{path}' does not exist (give a local Hugging Face folder or a hub id)")
-    return ModelSpec(
-        path=str(Path(path).expanduser()) if Path(path).expanduser().exists() else path,
-        dtype=m.dtype,
-        tokenizer=m.tokenizer,
-        trust_remote_code=m.trust_remote_code,
-        max_seq_len=m.max_seq_len,
-    )
+from rlx.registry import BuildContext
+from rlx.rundir import RunDir
 
 
-def load_tokenizer(model: ModelSpec) -> Any:
-    from transformers import AutoTokenizer
+def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
+    """Train; return a summary (paths and final metrics)."""
+    cfg, console = plan.config, console or Console()
+    rundir = RunDir.prepare(cfg)
+    rundir.check_resume(plan, console, model_resolved=False)
+    quiet_libraries()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    env_choice = plan.selection.environment
+    env = CheckedEnvironment(env_choice.build(BuildContext(seed=cfg.seed)), env_choice.spec.label)
+    components: Components | None = None
+    loop: GRPOLoop | None = None
+    summary: dict[str, Any] = {"output_dir": str(rundir.path)}
+    t_start = time.time()
+    try:
+        model = resolve_model(cfg.model, env, seed=cfg.seed, console=console)
+        cfg.model.path = model.path  # the saved config names the resolved folder (export and resume need it)
+        rundir.check_resume(plan, console, model_resolved=True)
+        rundir.write_config(plan.to_yaml())
+        encoder = PromptEncoder(load_tokenizer(model), model.max_seq_len)
+        train = fitting_problems(env, encoder, "train", console=console)
+        val = fitting_problems(env, encoder, "validation", console=console)
+        ctx = BuildContext(seed=cfg.seed, model=model, with_reference=cfg.grpo.kl_coef > 0)
+        components = build_components(plan.selection, cfg.cluster, ctx, env)
+        # scoring happens where the cluster put it: `env` itself, or Ray scorer actors (checked the same way)
+        scorer = components.env if components.env is env else CheckedEnvironment(components.env, env_choice.spec.label)
+        loop = GRPOLoop(components.generator, components.trainer, scorer, encoder, cfg.grpo, cfg.validation,
+                        cfg.seed, train, val)
+        state = rundir.start(components.trainer, components.generator, console)
+        if state is not None:
+            loop.step = state["step"]
+            loop.cursor.load(state["data"])
+        with rundir.logger(loop.step, console) as logger:
+            summary["metrics"] = str(logger.jsonl_path)
+            summary["final"] = train_steps(loop, rundir, logger, components, console)
+        summary["rollouts"] = str(rundir.path / "rollouts.jsonl") if cfg.logging.rollouts_per_step else None
+        if cfg.checkpoint.export_hf:
+            summary.update(rundir.export(components.trainer, loop.step))
+    except KeyboardInterrupt:
+        raise RunInterrupted(interrupt_message(rundir, None if loop is None else loop.step)) from None
+    finally:
+        if components is not None:
+            components.close()  # closes components.env too: `env` itself, or the cluster's scorers
+        if components is None or components.env is not env:
+            env.close()
+    summary["wall_time_s"] = time.time() - t_start
+    if cfg.logging.plot:
+        summary["plot"] = write_plot(rundir, console)
+    report(summary, rundir, console)
+    return summary
+
+
+def train_steps(loop: GRPOLoop, rundir: RunDir, logger: MetricsLogger, components: Components,
+                console: Console) -> dict[str, float]:
+    """GRPO steps up to `steps`, with validation and checkpoints at their periods and at the last step."""
+    cfg = rundir.config
+    tokenizer = loop.encoder.tokenizer
+    rollouts = rundir.rollout_log(lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False))
+    last: dict[str, float] = {}
+    if loop.step == 0 and cfg.validation.period:
+        first = loop.validate()
+        logger.log(0, first)
+        console.print(f"starting validation accuracy: {first.get('val/accuracy', float('nan')):.3f}")
+    while loop.step < cfg.steps:
+        result = loop.run_step()
+        last = dict(result.metrics)
+        if result.step == 1:
+            console.print(f"starting reward (step 1): {last['reward/mean']:.3f}")
+        is_last = result.step == cfg.steps
+        if cfg.validation.period and (result.step % cfg.validation.period == 0 or is_last):
+            last.update(loop.validate())
+        logger.log(result.step, last)
+        rollouts.write(result.step, result.samples)
+        if is_last or (cfg.checkpoint.period and result.step % cfg.checkpoint.period == 0):
+            rundir.save(result.step, components.trainer, {"data": loop.cursor.state(), "metrics": last})
+    return last
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where it stopped and how to go on."""
+
+
+def interrupt_message(rundir: RunDir, done_steps: int | None) -> str:
+    latest = rundir.checkpoints.latest()
+    where = "while starting" if done_steps is None else f"during step {done_steps + 1}"
+    saved = f"last checkpoint: step {latest.step} ({latest.path})" if latest else "no checkpoint was written yet"
+    again = "run the same command again to resume from it" if latest else "run the same command again to start over"
+    return f"interrupted {where}; {saved}; {again}"
+
+
+def report(summary: dict[str, Any], rundir: RunDir, console: Console) -> None:
+    last = summary.get("final") or {}
+    if last:
+        console.print(f"final reward {last.get('reward/mean', float('nan')):.3f}"
+                      + (f", validation accuracy {last['val/accuracy']:.3f}" if "val/accuracy" in last else ""))
+    if "metrics" in summary:
+        tensorboard = f" (TensorBoard: {rundir.path / 'tensorboard'})" if rundir.config.logging.tensorboard else ""
+        console.print(f"metrics: {summary['metrics']}{tensorboard}")
+    if summary.get("rollouts"):
+        console.print(f"sample rollouts: {summary['rollouts']}")
+    if summary.get("plot"):
+        console.print(f"plot: {summary['plot']}")
+    elif "metrics" in summary:
+        console.print(f"plot the curves with: rlx plot {rundir.path}")
+    if "model" in summary:
+        console.print(f"model (Hugging Face format): {summary['model']} (best checkpoint: {summary['best_model']})")
+
+
+def write_plot(rundir: RunDir, console: Console) -> str | None:
+    """metrics.png beside metrics.jsonl when matplotlib is installed (`rlx[plot]`); a plot never fails a run."""
+    from rlx.plot import PlotUnavailable, plot_run
 
     try:
-        tok = AutoTokenizer.from_pretrained(model.tokenizer_path, trust_remote_code=model.trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"cannot load the tokenizer of '{model.tokenizer_path}': {exc}") from exc
-    if tok.chat_template is None:
-        raise ConfigError(f"the tokenizer of '{model.tokenizer_path}' has no chat template; rlx prompts are chat messages")
-    return tok
-
-
-def export_final_and_best(out: Path, ckpt: CheckpointManager, components: Components, step: int) -> dict[str, str]:
-    """`<out>/hf`: the final policy. `<out>/best-hf`: the best checkpoint by the chosen metric (what the next
-    DeepScaleR stage starts from); a link to `hf` when the final policy is the best."""
-    final_dir, best_dir = out / "hf", out / "best-hf"
-    components.trainer.export_hf(str(final_dir))
-    result = {"model": str(final_dir)}
-    best = ckpt.best()
-    if best_dir.is_symlink() or best_dir.is_file():
-        best_dir.unlink()
-    elif best_dir.exists():
-        shutil.rmtree(best_dir)
-    if best is None or best.step == step:
-        best_dir.symlink_to(final_dir.name)
-    else:
-        ckpt.load(best, components.trainer)
-        components.trainer.export_hf(str(best_dir))
-    result["best_model"] = str(best_dir)
-    return result
+        return str(plot_run(rundir.path))
+    except PlotUnavailable:
+        return None
+    except Exception as exc:  # noqa: BLE001 - the run's results are written; the picture is a convenience
+        console.print(f"[yellow]could not draw the plot ({type(exc).__name__}: {exc}); rlx plot {rundir.path} "
+                      "retries[/yellow]")
+        return None
 
 
 def quiet_libraries() -> None:
@@ -82,111 +150,3 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
-    """Train; return a summary (paths and final metrics)."""
-    cfg = plan.config
-    console = console or Console()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    quiet_libraries()
-    _seed_everything(cfg.seed)
-
-    env = build_environment(plan)
-    model = resolve_model(cfg, env, console)
-    cfg.model.path = model.path  # the saved config names the resolved folder (export and resume need it)
-    tokenizer = load_tokenizer(model)
-    encoder = PromptEncoder(tokenizer, model.max_seq_len)
-    train = [p for p in env.problems("train") if encoder.fits(p)]
-    val = [p for p in env.problems("validation") if encoder.fits(p)]
-    dropped = len(env.problems("train")) - len(train)
-    if dropped:
-        console.print(f"[yellow]{dropped} training prompts are longer than model.max_seq_len and were dropped[/yellow]")
-
-    components: Components = build_components(plan, model, env)
-    loop = GRPOLoop(
-        generator=components.generator,
-        trainer=components.trainer,
-        env=components.env,  # scoring where the cluster puts it (Ray scorer actors, or this process)
-        encoder=encoder,
-        grpo=cfg.grpo,
-        validation=cfg.validation,
-        seed=cfg.seed,
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        train_problems=train,
-        val_problems=val,
-    )
-    ckpt = CheckpointManager(out / "checkpoints", keep_best=cfg.checkpoint.keep_best,
-                             metric=cfg.checkpoint.metric, mode=cfg.checkpoint.mode)
-    config_yaml = plan.to_yaml()
-    (out / "config.yaml").write_text(config_yaml)
-
-    latest = ckpt.latest() if cfg.checkpoint.resume else None
-    if latest is None:
-        # starting over where an earlier run left checkpoints or metrics: set them aside, so two runs never mix
-        # and nothing is lost
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        if ckpt.list():
-            aside = out / f"checkpoints.before-{stamp}"
-            (out / "checkpoints").rename(aside)
-            console.print(f"[yellow]starting fresh: the earlier checkpoints were moved to {aside}[/yellow]")
-        if (out / "metrics.jsonl").is_file():
-            (out / "metrics.jsonl").rename(out / f"metrics.before-{stamp}.jsonl")
-    if latest is not None:
-        state = ckpt.load(latest, components.trainer)
-        loop.step = state["step"]
-        loop.cursor.load(state["data"])
-        components.generator.update_weights(components.trainer.named_weights())
-        console.print(f"resumed from {latest.path} (step {loop.step})")
-        if loop.step >= cfg.steps:
-            console.print(f"[yellow]the checkpoint is at step {loop.step} >= steps={cfg.steps}: nothing to train. "
-                          f"Raise `steps` to train further, or use --fresh to start over.[/yellow]")
-
-    # a run killed after logging a step but before checkpointing it will log that step again: keep one record
-    truncate_metrics(out / "metrics.jsonl", loop.step)
-    logger = MetricsLogger(out, total_steps=cfg.steps, start_step=loop.step, tensorboard=cfg.logging.tensorboard,
-                           wandb_project=cfg.logging.wandb_project, progress=cfg.logging.progress,
-                           run_name=cfg.name, config=plan.config.model_dump(mode="json"), console=console)
-    summary: dict[str, Any] = {"output_dir": str(out), "metrics": str(logger.jsonl_path)}
-    last: dict[str, float] = {}
-    t_start = time.time()
-    try:
-        if loop.step == 0 and cfg.validation.period:
-            first = loop.validate()
-            logger.log(0, first)
-            console.print(f"starting validation accuracy: {first.get('val/accuracy', float('nan')):.3f}")
-        while loop.step < cfg.steps:
-            result = loop.run_step()
-            metrics = dict(result.metrics)
-            if result.step == 1:
-                console.print(f"starting reward (step 1): {metrics['reward/mean']:.3f}")
-            is_last = result.step == cfg.steps
-            if cfg.validation.period and (result.step % cfg.validation.period == 0 or is_last):
-                metrics.update(loop.validate())
-            logger.log(result.step, metrics)
-            last = metrics
-            if is_last or (cfg.checkpoint.period and result.step % cfg.checkpoint.period == 0):
-                ckpt.save(result.step, components.trainer,
-                          {"data": loop.cursor.state(), "metrics": metrics}, config_yaml)
-        if cfg.checkpoint.export_hf:
-            summary.update(export_final_and_best(out, ckpt, components, loop.step))
-    finally:
-        logger.close()
-        components.close()  # closes components.env: the local environment itself, or the cluster's scorers
-        if components.env is not env:
-            env.close()
-    summary["final"] = last
-    summary["wall_time_s"] = time.time() - t_start
-    if last:
-        console.print(f"final reward {last.get('reward/mean', float('nan')):.3f}"
-                      + (f", validation accuracy {last['val/accuracy']:.3f}" if "val/accuracy" in last else ""))
-    console.print(f"metrics: {logger.jsonl_path} (TensorBoard: {out / 'tensorboard'})")
-    if "model" in summary:
-        console.print(f"model (Hugging Face format): {summary['model']} (best checkpoint: {summary['best_model']})")
-    return summary

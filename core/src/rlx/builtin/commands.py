@@ -1,5 +1,5 @@
-"""The builtin sub-commands `rlx eval` and `rlx export`, added through the `register_commands` hook like any
-plugin's commands. Heavy imports happen inside the command bodies only."""
+"""The builtin sub-commands `rlx eval`, `rlx export` and `rlx plot`, added through the `register_commands` hook
+like any plugin's commands. Heavy imports happen inside the command bodies only."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import typer
 def add_commands(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
     app.command("export")(export_cmd)
+    app.command("plot")(plot_cmd)
+
+
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace the destination even if rlx did not write it")]
 
 
 def eval_cmd(
@@ -26,20 +30,27 @@ def eval_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="completion length cap")] = 1024,
     max_problems: Annotated[int | None, typer.Option(help="evaluate only the first N problems")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for result.json and per_problem.jsonl")] = Path("eval"),
+    overwrite: OverwriteOpt = False,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="recipe for env/generator/model options")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. env.validation=aime.jsonl")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
 ) -> None:
     """Evaluate a model on an environment's problems: accuracy (avg@k), pass@k; writes JSON results."""
+    from rlx.outputs import check_replaceable, writing_folder
+
+    check_replaceable(out, kind="eval", what="--out", overwrite=overwrite)  # before anything is imported or loaded
     from rich.console import Console
 
-    from rlx.cluster import build_environment
     from rlx.config import build_config
+    from rlx.contracts import CheckedEnvironment
+    from rlx.data import PromptEncoder
     from rlx.errors import ConfigError
+    from rlx.evaluation import evaluate
     from rlx.interfaces import SamplingParams
-    from rlx.loop import PromptEncoder, evaluate
+    from rlx.models import load_tokenizer, resolve_model
     from rlx.plan import resolve_plan
-    from rlx.run import load_tokenizer, quiet_libraries, resolve_model
+    from rlx.registry import BuildContext
+    from rlx.run import quiet_libraries
 
     if split not in ("train", "validation"):
         raise ConfigError(f"--split must be 'train' or 'validation', got '{split}'")
@@ -49,8 +60,9 @@ def eval_cmd(
     quiet_libraries()
     cfg = build_config(config, [*(overrides or []), f"model.path={model}", f"seed={seed}"], generator=generator, env=env)
     plan = resolve_plan(cfg)
-    environment = build_environment(plan)
-    spec = resolve_model(plan.config, environment, console)
+    env_choice = plan.selection.environment
+    environment = CheckedEnvironment(env_choice.build(BuildContext(seed=seed)), env_choice.spec.label)
+    spec = resolve_model(plan.config.model, environment, seed=seed, console=console)
     tokenizer = load_tokenizer(spec)
     encoder = PromptEncoder(tokenizer, spec.max_seq_len)
     problems = [p for p in environment.problems(split) if encoder.fits(p)]  # type: ignore[arg-type]
@@ -58,7 +70,7 @@ def eval_cmd(
         problems = problems[:max_problems]
     if not problems:
         raise ConfigError(f"environment '{env}' has no {split} problems to evaluate")
-    gen = plan.components["generator"].load_factory()(plan.component_configs["generator"], model=spec, seed=seed)
+    gen = plan.selection.generator.build(BuildContext(seed=seed, model=spec))
     try:
         room = spec.max_seq_len - max(len(encoder.encode(p)) for p in problems)
         params = SamplingParams(n=samples, temperature=temperature, top_p=top_p,
@@ -68,13 +80,12 @@ def eval_cmd(
     finally:
         gen.close()
         environment.close()
-    out.mkdir(parents=True, exist_ok=True)
     summary = {"model": spec.path, "env": env, "generator": generator, "split": split, "samples": samples,
                "temperature": temperature, "top_p": top_p, "max_new_tokens": params.max_new_tokens, **result.summary}
-    (out / "result.json").write_text(json.dumps(summary, indent=2))
-    with (out / "per_problem.jsonl").open("w") as f:
-        for row in result.per_problem:
-            f.write(json.dumps(row) + "\n")
+    with writing_folder(out, kind="eval", what="--out", overwrite=overwrite) as staging:
+        staging.mkdir()
+        (staging / "result.json").write_text(json.dumps(summary, indent=2))
+        (staging / "per_problem.jsonl").write_text("".join(json.dumps(row) + "\n" for row in result.per_problem))
     for key in sorted(k for k in result.summary if k.startswith(("accuracy", "avg@", "pass@"))):
         console.print(f"  {key:<10} {result.summary[key]:.4f}")
     console.print(f"results: {out / 'result.json'}, per problem: {out / 'per_problem.jsonl'}")
@@ -83,9 +94,27 @@ def eval_cmd(
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="a checkpoint folder (runs/x/checkpoints/step_N) or a run folder")],
     out: Annotated[Path, typer.Argument(help="where to write the Hugging Face folder")],
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Export a checkpoint as a Hugging Face model folder (safetensors, config, tokenizer, generation config)."""
+    """Export a checkpoint as a Hugging Face model folder (safetensors, config, tokenizer, generation config).
+
+    OUT may be an earlier rlx export (replaced whole, the new one written first); anything else there is refused
+    unless --overwrite."""
+    from rlx.outputs import check_replaceable
+
+    check_replaceable(out, kind="hf-export", what="export destination", overwrite=overwrite)  # before torch loads
     from rlx.export import export_checkpoint
 
-    path = export_checkpoint(checkpoint, out)
+    path = export_checkpoint(checkpoint, out, overwrite=overwrite)
     typer.echo(f"exported {path}")
+
+
+def plot_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run's output_dir (holding metrics.jsonl)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path (default: RUN_DIR/metrics.png)")] = None,
+) -> None:
+    """Plot a run's headline curves (reward, validation, response length, clip fraction, log-prob mismatch, step
+    time by phase) into one PNG. Needs matplotlib: pip install 'rlx[plot]'."""
+    from rlx.plot import plot_run
+
+    typer.echo(f"wrote {plot_run(run_dir, out)}")

@@ -37,10 +37,11 @@ from rlx.builtin.fsdp_model import (
     decoder_layers,
     register_varlen_attention,
 )
-from rlx.builtin.threads import cpu_threads
 from rlx.errors import ConfigError
 from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch
+from rlx.outputs import check_replaceable, replace_folder
 from rlx.packing import first_fit_decreasing, token_budget_bins
+from rlx.threads import cpu_threads
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -98,7 +99,7 @@ class FSDPTrainer:
             self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             self.compute_dtype = _DTYPES[config.dtype]
-        self.model_path = self._resolve_model_path(model.path)
+        self.model_path = model.path
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         torch.manual_seed(seed)
 
@@ -122,14 +123,6 @@ class FSDPTrainer:
         self.last_call: dict[str, int] = {}
 
     # ---------------------------------------------------------------------------------------- building
-
-    @staticmethod
-    def _resolve_model_path(path: str) -> str:
-        if path == "builtin:tiny":
-            from rlx.builtin.tiny import builtin_tiny_path
-
-            return builtin_tiny_path()
-        return path
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up from warmup_start_factor to 1 over warmup_steps optimizer steps, then constant."""
@@ -370,7 +363,7 @@ class FSDPTrainer:
         if self.rank == 0:
             state = {"scheduler": self.scheduler.state_dict(), "optimizer_steps": self.optimizer_steps}
             torch.save(state, Path(tmp) / TRAINER_STATE_FILE)
-            _replace_dir(tmp, path)
+            _replace_dir(tmp, path, kind="trainer-checkpoint")
         dist.barrier()
 
     def load_checkpoint(self, path: str) -> None:
@@ -392,7 +385,9 @@ class FSDPTrainer:
 
     def export_hf(self, path: str) -> None:
         """Rank 0 writes a Hugging Face folder (safetensors in the compute dtype, config, tokenizer,
-        generation config) to `<path>.tmp`, then renames it; every rank takes part in the gather."""
+        generation config) to `<path>.tmp`, then renames it; every rank takes part in the gather. An existing `path`
+        that rlx did not write is never replaced (rlx.outputs)."""
+        check_replaceable(path, kind="hf-export", what="export_hf path")
         full = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank == 0:
             from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -410,13 +405,13 @@ class FSDPTrainer:
                 hf_model.generation_config = GenerationConfig.from_pretrained(self.model_path)
             except OSError:
                 hf_model.generation_config = GenerationConfig.from_model_config(config)
-            tokenizer_path = self._resolve_model_path(self.spec.tokenizer_path)
+            tokenizer_path = self.spec.tokenizer_path
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=self.spec.trust_remote_code)
             tmp = f"{path.rstrip('/')}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             hf_model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            _replace_dir(tmp, path)
+            _replace_dir(tmp, path, kind="hf-export")
         dist.barrier()
 
     def close(self) -> None:
@@ -430,11 +425,7 @@ class FSDPTrainer:
             torch.cuda.empty_cache()
 
 
-def _replace_dir(src: str, dst: str) -> None:
-    """Move `src` to `dst`, replacing a previous `dst` only once the new one is complete."""
-    old = f"{dst.rstrip('/')}.old"
-    if os.path.exists(dst):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+def _replace_dir(src: str, dst: str, kind: str) -> None:
+    """Move `src` to `dst`, marked as rlx's; a previous `dst` is removed only once the new one is in place, and one
+    rlx did not write is never replaced (rlx.outputs)."""
+    replace_folder(src, dst, kind=kind, what="trainer output")

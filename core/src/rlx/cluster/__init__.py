@@ -2,14 +2,18 @@
 host. `ray`: actors on a Ray cluster (rlx.cluster.ray is the only module that imports ray).
 
 Either way the loop receives plain objects that satisfy the Generator / Trainer / Environment contracts.
+Builders get the chosen components (each with its own config), the `cluster:` section and a BuildContext:
+never the whole run config.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlx.interfaces import Environment, Generator, ModelSpec, Trainer
-from rlx.plan import Plan
+from rlx.config import ClusterConfig
+from rlx.interfaces import Environment, Generator, Trainer
+from rlx.plan import Selection
+from rlx.registry import BuildContext
 
 
 @dataclass
@@ -26,27 +30,21 @@ class Components:
                 pass
 
 
-def build_environment(plan: Plan) -> Environment:
-    spec = plan.components["environment"]
-    return spec.load_factory()(plan.component_configs["environment"], seed=plan.config.seed)
-
-
-def build_components(plan: Plan, model: ModelSpec, env: Environment) -> Components:
-    """Build generator and trainer where the config says (the environment is already built)."""
-    if plan.config.cluster.kind == "ray":
+def build_components(selection: Selection, cluster: ClusterConfig, ctx: BuildContext, env: Environment) -> Components:
+    """Build generator and trainer where `cluster` says; `env` (already built, it resolved the model) scores here
+    on `local` and stays the source of problems on `ray`."""
+    if cluster.kind == "ray":
         from rlx.cluster.ray import build_ray_components
 
-        return build_ray_components(plan, model, env)
+        return build_ray_components(selection, cluster, ctx, env)
     from rlx.cluster.local import LocalTrainerGroup
 
-    gen_spec, tr_spec = plan.components["generator"], plan.components["trainer"]
     trainer = LocalTrainerGroup(
-        tr_spec.factory,
-        plan.component_configs["trainer"],
-        model=model,
-        seed=plan.config.seed,
-        with_reference=plan.config.grpo.kl_coef > 0,
-        world_size=plan.config.cluster.trainer_workers,
+        selection.trainer, ctx, world_size=cluster.trainer_workers, timeout_s=cluster.timeout_s
     )
-    generator = gen_spec.load_factory()(plan.component_configs["generator"], model=model, seed=plan.config.seed)
+    try:
+        generator = selection.generator.build(ctx)
+    except BaseException:
+        trainer.close()
+        raise
     return Components(generator=generator, trainer=trainer, env=env)

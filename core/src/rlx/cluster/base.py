@@ -8,30 +8,22 @@ Trainer calls out to them; the worker itself knows nothing about how it is hoste
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from rlx.errors import RlxError
-from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch, Trainer
+from rlx.interfaces import PolicyLossFn, TokenBatch, TrainBatch, Trainer
 from rlx.packing import inverse_permutation, karmarkar_karp
+from rlx.plan import Choice
+from rlx.registry import BuildContext
 
 
 class TrainerWorkerError(RlxError):
     """A trainer rank raised or died; the message names the rank and the call."""
-
-
-def load_factory(import_string: str) -> Any:
-    """`"package.module:attr"` -> the attribute."""
-    module_name, _, attr = import_string.partition(":")
-    if not attr:
-        raise ValueError(f"a factory import string must look like 'module:attr', got {import_string!r}")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 def free_port() -> int:
@@ -100,17 +92,14 @@ class TrainerWorker:
     """One trainer rank: a plain object whose methods are the Trainer calls (plus `start`).
 
     Hosts call `start(rank, world_size, master_addr, master_port)` once (it sets the torch.distributed
-    environment, initialises the process group and builds the trainer with the component factory), then
+    environment, initialises the process group and builds the trainer component), then
     any Trainer method with this rank's shard of the batch. Results are CPU tensors, so they can cross
     process boundaries (pipes, Ray's object store).
     """
 
-    def __init__(self, factory: str, config: Any, *, model: ModelSpec, seed: int, with_reference: bool) -> None:
-        self.factory = factory
-        self.config = config
-        self.model = model
-        self.seed = seed
-        self.with_reference = with_reference
+    def __init__(self, choice: Choice, ctx: BuildContext) -> None:
+        self.choice = choice
+        self.ctx = ctx
         self.rank = 0
         self.trainer: Trainer | None = None
 
@@ -132,9 +121,7 @@ class TrainerWorker:
         else:
             backend = "gloo"
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
-        self.trainer = load_factory(self.factory)(
-            self.config, model=self.model, seed=self.seed, with_reference=self.with_reference
-        )
+        self.trainer = self.choice.build(self.ctx)
 
     def _trainer(self) -> Trainer:
         if self.trainer is None:

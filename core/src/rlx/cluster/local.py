@@ -20,8 +20,10 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, load_factory, shard_rows
-from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch, Trainer
+from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, shard_rows
+from rlx.interfaces import PolicyLossFn, TokenBatch, TrainBatch, Trainer
+from rlx.plan import Choice
+from rlx.registry import BuildContext
 
 # messages worker -> driver: (rank, kind, call, payload); kind is "ok" | "error" | "item"
 _OK, _ERROR, _ITEM = "ok", "error", "item"
@@ -64,19 +66,15 @@ def _serve(
 class LocalTrainerGroup:
     """A `Trainer` made of `world_size` ranks on this host (see the module docstring).
 
-    `factory` is the trainer component's import string ("module:attr"); it is called in every rank as
-    `factory(config, model=model, seed=seed, with_reference=with_reference)`. A call that takes longer
-    than `timeout_s` fails the group.
+    `choice` is the trainer component and its config; every rank builds it with `ctx`. A call that takes
+    longer than `timeout_s` (`cluster.timeout_s`) fails the group.
     """
 
     def __init__(
         self,
-        factory: str,
-        config: Any,
+        choice: Choice,
+        ctx: BuildContext,
         *,
-        model: ModelSpec,
-        seed: int,
-        with_reference: bool,
         world_size: int = 1,
         timeout_s: float = 1800.0,
         poll_s: float = 0.5,
@@ -90,15 +88,15 @@ class LocalTrainerGroup:
         self._trainer: Trainer | None = None
         self._procs: list[Any] = []
         if world_size == 1:
-            self._trainer = load_factory(factory)(config, model=model, seed=seed, with_reference=with_reference)
+            self._trainer = choice.build(ctx)
             return
-        ctx = mp.get_context("spawn")
-        self._results = ctx.Queue()
-        self._commands = [ctx.Queue() for _ in range(world_size)]
+        spawn = mp.get_context("spawn")
+        self._results = spawn.Queue()
+        self._commands = [spawn.Queue() for _ in range(world_size)]
         port = free_port()
         for rank in range(world_size):
-            worker = TrainerWorker(factory, config, model=model, seed=seed, with_reference=with_reference)
-            proc = ctx.Process(
+            worker = TrainerWorker(choice, ctx)
+            proc = spawn.Process(
                 target=_serve,
                 args=(rank, world_size, port, worker, self._commands[rank], self._results),
                 name=f"rlx-trainer-rank{rank}",

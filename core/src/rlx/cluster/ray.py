@@ -22,13 +22,12 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlx.cluster import Components
-from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, load_factory, row_counts, split_rows
+from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, row_counts, split_rows
 from rlx.config import ClusterConfig
 from rlx.errors import ConfigError, RlxError
 from rlx.interfaces import (
     Completion,
     Environment,
-    ModelSpec,
     NamedTensors,
     PolicyLossFn,
     Problem,
@@ -38,7 +37,8 @@ from rlx.interfaces import (
     TokenBatch,
     TrainBatch,
 )
-from rlx.plan import Plan
+from rlx.plan import Choice, Selection
+from rlx.registry import BuildContext
 from rlx.weights import iter_buckets, tensor_bytes
 
 log = logging.getLogger("rlx.cluster.ray")
@@ -149,17 +149,17 @@ class Placement:
 
     def __init__(self, cfg: ClusterConfig) -> None:
         self.cfg = cfg
-        bundle = _bundle(cfg.cpus_per_worker, cfg.gpus_per_worker)
+        bundle = _bundle(cfg.ray.cpus_per_worker, cfg.ray.gpus_per_worker)
         self.groups: list[PlacementGroup] = []
         self.removed = False
-        if cfg.placement == "colocated":
+        if cfg.ray.placement == "colocated":
             count = max(cfg.trainer_workers, cfg.generator_replicas)
-            shared = placement_group([bundle] * count, strategy=cfg.strategy)
+            shared = placement_group([bundle] * count, strategy=cfg.ray.strategy)
             self.groups.append(shared)
             self._trainer_group, self._generator_group, self._share = shared, shared, 0.5
         else:
-            self._trainer_group = placement_group([bundle] * cfg.trainer_workers, strategy=cfg.strategy)
-            self._generator_group = placement_group([bundle] * cfg.generator_replicas, strategy=cfg.strategy)
+            self._trainer_group = placement_group([bundle] * cfg.trainer_workers, strategy=cfg.ray.strategy)
+            self._generator_group = placement_group([bundle] * cfg.generator_replicas, strategy=cfg.ray.strategy)
             self.groups += [self._trainer_group, self._generator_group]
             self._share = 1.0
         self.bundles = [dict(b) for g in self.groups for b in g.bundle_specs]
@@ -169,10 +169,10 @@ class Placement:
         """Logical CPUs the run reserves (placement groups plus environment scorers)."""
         bundles = (
             max(cfg.trainer_workers, cfg.generator_replicas)
-            if cfg.placement == "colocated"
+            if cfg.ray.placement == "colocated"
             else cfg.trainer_workers + cfg.generator_replicas
         )
-        return bundles * _bundle(cfg.cpus_per_worker, 0)["CPU"] + cfg.generator_replicas * _env_cpus(cfg)
+        return bundles * _bundle(cfg.ray.cpus_per_worker, 0)["CPU"] + cfg.generator_replicas * _env_cpus(cfg)
 
     def check_feasible(self) -> None:
         """Fail at once when the cluster can never hold the groups (instead of waiting for the timeout)."""
@@ -185,7 +185,7 @@ class Placement:
             problems.append(f"{need_cpu:g} CPUs (cluster has {total.get('CPU', 0):g})")
         if need_gpu > total.get("GPU", 0) + 1e-9:
             problems.append(f"{need_gpu:g} GPUs (cluster has {total.get('GPU', 0):g})")
-        if self.cfg.strategy == "STRICT_SPREAD":
+        if self.cfg.ray.strategy == "STRICT_SPREAD":
             widest = max(len(g.bundle_specs) for g in self.groups)
             if widest > nodes:
                 problems.append(f"{widest} nodes for STRICT_SPREAD (cluster has {nodes} alive)")
@@ -193,8 +193,8 @@ class Placement:
             raise ConfigError(
                 "the Ray cluster cannot hold this run's placement: it needs "
                 + "; ".join(problems)
-                + f". Lower cluster.trainer_workers / generator_replicas / cpus_per_worker / gpus_per_worker, "
-                f"or change cluster.strategy (now {self.cfg.strategy}, placement {self.cfg.placement})"
+                + f". Lower cluster.trainer_workers / generator_replicas / ray.cpus_per_worker / ray.gpus_per_worker, "
+                f"or change cluster.ray.strategy (now {self.cfg.ray.strategy}, placement {self.cfg.ray.placement})"
             )
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -202,14 +202,14 @@ class Placement:
             ray.get([g.ready() for g in self.groups], timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise RayWorkerError(
-                f"placement groups ({self.cfg.strategy}, bundles {self.bundles}) were not granted within "
+                f"placement groups ({self.cfg.ray.strategy}, bundles {self.bundles}) were not granted within "
                 f"cluster.timeout_s={timeout_s:g} s; available now: {ray.available_resources()}"
             ) from None
 
     def _options(self, group: PlacementGroup, index: int) -> dict[str, Any]:
         return {
-            "num_cpus": max(self.cfg.cpus_per_worker, 0.01) * self._share,
-            "num_gpus": self.cfg.gpus_per_worker * self._share,
+            "num_cpus": max(self.cfg.ray.cpus_per_worker, 0.01) * self._share,
+            "num_gpus": self.cfg.ray.gpus_per_worker * self._share,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=index
             ),
@@ -237,7 +237,7 @@ class Placement:
 
 
 def _env_cpus(cfg: ClusterConfig) -> float:
-    return min(1.0, max(cfg.cpus_per_worker, 0.01))
+    return min(1.0, max(cfg.ray.cpus_per_worker, 0.01))
 
 
 def _node() -> dict[str, Any]:
@@ -389,8 +389,8 @@ class _StreamingUpdate:
 class _GeneratorActor:
     """One generator replica as a Ray actor: the chosen generator plugin, built on the actor's node."""
 
-    def __init__(self, factory: str, config: Any, *, model: ModelSpec, seed: int) -> None:
-        self.generator = load_factory(factory)(config, model=model, seed=seed)
+    def __init__(self, choice: Choice, ctx: BuildContext) -> None:
+        self.generator = choice.build(ctx)
         self._update: _StreamingUpdate | None = None
         self._nccl: NcclBroadcastGroup | None = None
 
@@ -437,8 +437,8 @@ class _GeneratorActor:
 class _EnvironmentActor:
     """One scorer: the environment component built on a Ray worker (only `score` is used remotely)."""
 
-    def __init__(self, factory: str, config: Any, *, seed: int) -> None:
-        self.env: Environment = load_factory(factory)(config, seed=seed)
+    def __init__(self, choice: Choice, ctx: BuildContext) -> None:
+        self.env: Environment = choice.build(ctx)
 
     def node(self) -> dict[str, Any]:
         return _node()
@@ -463,12 +463,9 @@ class RayTrainerGroup:
 
     def __init__(
         self,
-        factory: str,
-        config: Any,
+        choice: Choice,
+        ctx: BuildContext,
         *,
-        model: ModelSpec,
-        seed: int,
-        with_reference: bool,
         world_size: int,
         placement: Placement,
         timeout_s: float,
@@ -482,9 +479,7 @@ class RayTrainerGroup:
         self._stream: RayWeightStream | None = None
         actor_cls = ray.remote(_TrainerActor)
         self.actors = [
-            actor_cls.options(**placement.trainer_options(rank)).remote(
-                factory, config, model=model, seed=seed, with_reference=with_reference
-            )
+            actor_cls.options(**placement.trainer_options(rank)).remote(choice, ctx)
             for rank in range(world_size)
         ]
         self.labels = [f"trainer rank {rank}" for rank in range(world_size)]
@@ -675,11 +670,9 @@ class RayGeneratorPool:
 
     def __init__(
         self,
-        factory: str,
-        config: Any,
+        choice: Choice,
+        ctx: BuildContext,
         *,
-        model: ModelSpec,
-        seed: int,
         replicas: int,
         placement: Placement,
         timeout_s: float,
@@ -696,7 +689,7 @@ class RayGeneratorPool:
         actor_cls = ray.remote(_GeneratorActor)
         self.actors = [
             actor_cls.options(**placement.generator_options(r)).remote(
-                factory, config, model=model, seed=seed + r * REPLICA_SEED_STRIDE
+                choice, dataclasses.replace(ctx, seed=ctx.seed + r * REPLICA_SEED_STRIDE)
             )
             for r in range(replicas)
         ]
@@ -706,7 +699,7 @@ class RayGeneratorPool:
         except BaseException:
             _kill(self.actors)
             raise
-        self.use_nccl = placement.cfg.placement == "separate" and placement.cfg.gpus_per_worker > 0
+        self.use_nccl = placement.cfg.ray.placement == "separate" and placement.cfg.ray.gpus_per_worker > 0
 
     def wait(self, refs: Sequence[Any], replicas: Sequence[int], call: str, **kwargs: Any) -> list[Any]:
         if self._broken is not None:
@@ -852,10 +845,9 @@ class RayEnvironmentPool:
     def __init__(
         self,
         local: Environment,
-        factory: str,
-        config: Any,
+        choice: Choice,
+        ctx: BuildContext,
         *,
-        seed: int,
         workers: int,
         placement: Placement,
         timeout_s: float,
@@ -867,7 +859,7 @@ class RayEnvironmentPool:
         self._closed = False
         actor_cls = ray.remote(_EnvironmentActor)
         self.actors = [
-            actor_cls.options(**placement.environment_options()).remote(factory, config, seed=seed)
+            actor_cls.options(**placement.environment_options()).remote(choice, ctx)
             for _ in range(workers)
         ]
         self.labels = [f"environment worker {w}" for w in range(workers)]
@@ -937,7 +929,7 @@ def connect(cfg: ClusterConfig) -> bool:
     this run. Returns whether this call started the connection (then closing the run shuts it down)."""
     if ray.is_initialized():
         return False
-    address = cfg.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
+    address = cfg.ray.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
     if address:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, configure_logging=False)
@@ -949,10 +941,9 @@ def connect(cfg: ClusterConfig) -> bool:
     return True
 
 
-def build_ray_components(plan: Plan, model: ModelSpec, env: Environment) -> Components:
+def build_ray_components(selection: Selection, cfg: ClusterConfig, ctx: BuildContext, env: Environment) -> Components:
     """Connect, reserve the placement groups, start trainer ranks, generator replicas and scorers; on any failure
     (or Ctrl-C) while starting, nothing is left behind."""
-    cfg = plan.config.cluster
     started = connect(cfg)
     placement: Placement | None = None
     built: list[Any] = []
@@ -962,11 +953,8 @@ def build_ray_components(plan: Plan, model: ModelSpec, env: Environment) -> Comp
         placement.wait_ready(cfg.timeout_s)
         progress = _Progress()
         trainer = RayTrainerGroup(
-            plan.components["trainer"].factory,
-            plan.component_configs["trainer"],
-            model=model,
-            seed=plan.config.seed,
-            with_reference=plan.config.grpo.kl_coef > 0,
+            selection.trainer,
+            ctx,
             world_size=cfg.trainer_workers,
             placement=placement,
             timeout_s=cfg.timeout_s,
@@ -974,10 +962,8 @@ def build_ray_components(plan: Plan, model: ModelSpec, env: Environment) -> Comp
         )
         built.append(trainer)
         generator = RayGeneratorPool(
-            plan.components["generator"].factory,
-            plan.component_configs["generator"],
-            model=model,
-            seed=plan.config.seed,
+            selection.generator,
+            ctx,
             replicas=cfg.generator_replicas,
             placement=placement,
             timeout_s=cfg.timeout_s,
@@ -986,9 +972,8 @@ def build_ray_components(plan: Plan, model: ModelSpec, env: Environment) -> Comp
         built.append(generator)
         env_pool = RayEnvironmentPool(
             env,
-            plan.components["environment"].factory,
-            plan.component_configs["environment"],
-            seed=plan.config.seed,
+            selection.environment,
+            BuildContext(seed=ctx.seed),
             workers=cfg.generator_replicas,
             placement=placement,
             timeout_s=cfg.timeout_s,
@@ -1008,7 +993,7 @@ def build_ray_components(plan: Plan, model: ModelSpec, env: Environment) -> Comp
         cfg.trainer_workers,
         cfg.generator_replicas,
         len(env_pool.actors),
-        cfg.placement,
-        cfg.strategy,
+        cfg.ray.placement,
+        cfg.ray.strategy,
     )
     return RayComponents(generator=generator, trainer=trainer, env=env_pool, placement=placement, started_ray=started)

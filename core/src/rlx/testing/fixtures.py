@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlx.builtin.tiny import build_tiny_qwen2, build_tokenizer, default_corpus
+from rlx.models.tiny import build_tiny_qwen2, build_tokenizer, default_corpus
 
 if TYPE_CHECKING:
     import pytest

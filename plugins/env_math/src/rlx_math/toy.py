@@ -19,7 +19,7 @@ class ArithmeticProblem:
 def near_misses(value: int) -> tuple[str, ...]:
     """Wrong completions of the right form: the answer one too high, the typical slip of an unreliable model.
 
-    The embedded model's warm-up mixes these in (see rlx.builtin.embedded), so it starts with a systematic
+    The embedded model's warm-up mixes these in (see rlx.models.embedded), so it starts with a systematic
     habit that GRPO has to find and remove.
     """
     return (f"\\boxed{{{value + 1}}}",)

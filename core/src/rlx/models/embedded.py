@@ -66,7 +66,7 @@ def ensure_embedded_model(
             "model.path builtin:tiny needs an environment whose training problems carry metadata['solution'] "
             "(a reference completion for the warm-up), e.g. --env math with its default toy task"
         )
-    from rlx.builtin.tiny import TINY_VERSION
+    from rlx.models.tiny import TINY_VERSION
 
     fingerprint = json.dumps(
         [TINY_VERSION, WARMUP_VERSION, seed, target_accuracy, noise, noisy_steps, [(p.messages, p.metadata["solution"], p.metadata.get("distractors")) for p in problems[:256]]],
@@ -111,12 +111,12 @@ def build_and_warm_up(
     """Tokenizer + random tiny Qwen2, then the warm-up described in the module docstring."""
     from transformers import AutoModelForCausalLM
 
-    from rlx.builtin.threads import cpu_threads
-    from rlx.builtin.tiny import build_tiny_qwen2, build_tokenizer
+    from rlx.models.tiny import build_tiny_qwen2, build_tokenizer
+    from rlx.threads import cpu_threads
 
     rng = random.Random(seed)
     # the tokenizer learns the environment's vocabulary: chat-formatted prompts with their solutions
-    from rlx.builtin.tiny import CHAT_TEMPLATE
+    from rlx.models.tiny import CHAT_TEMPLATE
 
     probe = _TemplateOnly(CHAT_TEMPLATE)
     corpus = [_chat_text(probe, p, p.metadata["solution"]) for p in problems[:2000]]
@@ -144,7 +144,7 @@ def build_and_warm_up(
     def keep_going() -> bool:
         return step < noisy_steps if noisy else (accuracy < target_accuracy and step < max_steps)
 
-    while keep_going():  # one thread: a tiny model's ops are too small to split (see rlx.builtin.threads)
+    while keep_going():  # one thread: a tiny model's ops are too small to split (see rlx.threads)
         batch = rng.sample(train, min(batch_size, len(train)))
         targets = [
             rng.choice(p.metadata["distractors"]) if noisy and rng.random() < noise else p.metadata["solution"]
@@ -211,7 +211,7 @@ def _sft_batch(
 @torch.no_grad()
 def _sampled_accuracy(model: Any, tokenizer: Any, env: Environment, problems: Sequence[Problem], seed: int) -> float:
     """Mean reward of one temperature-1 sample per problem (what GRPO's first step will see)."""
-    from rlx.builtin.threads import cpu_threads
+    from rlx.threads import cpu_threads
 
     tokenizer.padding_side = "left"
     prompts = [tokenizer.apply_chat_template(list(p.messages), add_generation_prompt=True, tokenize=False) for p in problems]

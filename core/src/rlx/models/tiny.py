@@ -1,15 +1,13 @@
 """Build tiny Qwen2-shaped models and tokenizers locally (no downloads), for tests, benchmarks and CPU demos.
 
-`tiny_model(dir)` builds the default tokenizer + random-weight model in about a second; `builtin_tiny_path()`
-is what the `builtin:tiny` model path resolves to (built once, cached on disk).
+`tiny_model(dir)` builds the default tokenizer + random-weight model in about a second. (`builtin:tiny`, the
+embedded default, is built from these pieces by `rlx.models.embedded`, trained on the run's environment.)
 """
 
 from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -188,27 +186,3 @@ def tiny_model(
     """Tokenizer (trained on `default_corpus()`) + tiny Qwen2 in `out_dir`; returns the folder path."""
     tokenizer = build_tokenizer(default_corpus())
     return build_tiny_qwen2(out_dir, tokenizer, seed=seed, eos_logit_bias=eos_logit_bias, **model_kwargs)  # type: ignore[arg-type]
-
-
-def builtin_tiny_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
-    """The folder `builtin:tiny` resolves to: built on first use under `cache_dir`, then reused.
-
-    Default cache: $RLX_CACHE or ~/.cache/rlx. Built into a temporary folder and renamed, so a concurrent or
-    interrupted build never leaves a half-written model.
-    """
-    root = Path(cache_dir or os.environ.get("RLX_CACHE") or Path.home() / ".cache" / "rlx")
-    target = root / f"tiny-qwen2-v{TINY_VERSION}"
-    if (target / "config.json").is_file():
-        return str(target)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-    try:
-        tiny_model(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: use theirs
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
