@@ -285,12 +285,12 @@ def attention_bench(ctx: Context, workload: Workload, tokens: int) -> list[dict[
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     from rlx.builtin.fsdp_model import _flash_varlen
+    from rlx.packing import first_fit_decreasing, token_budget_bins
 
-    lengths, total = [], 0
-    for length in sorted(workload.lengths, reverse=True):
-        if total + length <= tokens:
-            lengths.append(length)
-            total += length
+    count = len(first_fit_decreasing(workload.lengths, tokens))
+    first_bin = token_budget_bins(workload.lengths, tokens, count)[0]  # a micro-batch as the trainer packs it
+    lengths = [workload.lengths[row] for row in first_bin]
+    total = sum(lengths)
     heads, kv_heads, dim = ctx.config.num_attention_heads, ctx.config.num_key_value_heads, 128
     gen = torch.Generator(device=ctx.device).manual_seed(0)
 
