@@ -43,7 +43,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlx.builtin.configs import FSDPTrainerConfig
 from rlx.builtin.fsdp_trainer import FSDPTrainer
-from rlx.grpo.losses import policy_loss, token_mean_weights
+from rlx.grpo.losses import policy_loss
 from rlx.interfaces import ModelSpec, TrainBatch
 
 FULL_CONTEXT = 8192  # the context the long-tailed distribution is defined at
@@ -106,7 +106,7 @@ class Workload:
             completion_mask=completion_mask,
             old_logprobs=torch.full((rows, width), -math.log(vocab)),
             advantages=torch.randn(rows, generator=gen),
-            loss_weights=token_mean_weights(completion_mask),
+            loss_weights=completion_mask.float() / completion_mask.sum(),  # token mean
         )
 
 
