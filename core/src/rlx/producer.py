@@ -91,6 +91,10 @@ class RolloutProducer:
                     generator.sleep()
             with timed(timings, "time/score"):
                 groups = self.collector.score(problems, completions)
+            env_metrics = environment_metrics(self.collector.env)
+            for key, value in env_metrics.items():  # counts and seconds add up over refill rounds; shares do not
+                share = key.endswith(("_frac", "_fraction"))
+                timings[key] = value if share else timings.get(key, 0.0) + value
             for group in groups:
                 shaping = [overlong_penalty(s.num_model_tokens, params.max_new_tokens, overlong.soft_penalty_tokens,
                                             overlong.penalty) for s in group]
@@ -128,3 +132,13 @@ class RolloutProducer:
         if kept == 0:
             return self.grpo.prompts_per_step
         return min(self.grpo.prompts_per_step, math.ceil(missing * drawn / kept))
+
+
+def environment_metrics(env: object) -> dict[str, float]:
+    """Per-batch statistics an environment offers (optional: `last_grading_stats.metrics()`, e.g. rlx-math's
+    grading seconds and how many answers took the fast path or timed out)."""
+    stats = getattr(env, "last_grading_stats", None)
+    metrics = getattr(stats, "metrics", None)
+    if not callable(metrics):
+        return {}
+    return {str(k): float(v) for k, v in metrics().items()}
