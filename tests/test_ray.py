@@ -196,7 +196,7 @@ def test_cli_cluster_ray_two_by_two_trains_like_local(generator, local_default_r
         generator,
         f"output_dir={out}",
         *DEFAULT_RUN,
-        "cluster.cpus_per_worker=0.5",
+        "cluster.ray.cpus_per_worker=0.5",
         "cluster.timeout_s=300",
         "cluster.trainer_workers=2",
         "cluster.generator_replicas=2",
