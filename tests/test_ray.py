@@ -27,6 +27,7 @@ from rlx.checkpoint import CheckpointManager  # noqa: E402
 from rlx.cluster import Components  # noqa: E402
 from rlx.config import build_config  # noqa: E402
 from rlx.errors import RlxError  # noqa: E402
+from rlx.interfaces import SamplingParams  # noqa: E402
 from rlx.plan import Plan, resolve_plan  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
@@ -281,29 +282,37 @@ def _assert_all_stopped(components: Components) -> None:
         assert placement_group_table(group)["state"] == "REMOVED"
 
 
+PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [7, 7]]
+GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=4, seed=0)
+
+
+def build_direct(plan: Plan) -> tuple[Components, object]:
+    """The plan's components, built as `rlx run` builds them (the environment first: it resolves the model)."""
+    from rich.console import Console
+
+    from rlx.cluster import build_components
+    from rlx.models import resolve_model
+    from rlx.registry import BuildContext
+
+    cfg = plan.config
+    env = plan.selection.environment.build(BuildContext(seed=cfg.seed))
+    model = resolve_model(cfg.model, env, seed=cfg.seed, console=Console())
+    return build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=model), env), env
+
+
 def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_path):
     """On 2 replicas: weights pushed from the driver (small buckets) change the samples and the trainer's own push
     (rank 0 -> replicas) restores them; scoring on Ray workers equals local scoring. Then a replica that stops
     responding (SIGSTOP) fails `generate` after cluster.timeout_s, naming it; closing stops every actor."""
-    from rich.console import Console
-
-    from rlx.cluster import build_components
     from rlx.cluster.ray import RayWorkerError
-    from rlx.interfaces import SamplingParams
-    from rlx.models import resolve_model
-    from rlx.registry import BuildContext
 
-    plan = make_plan(tmp_path, *RAY, "cluster.trainer_workers=2", "cluster.generator_replicas=2")
-    cfg = plan.config
-    env = plan.selection.environment.build(BuildContext(seed=cfg.seed))
-    model = resolve_model(cfg.model, env, seed=cfg.seed, console=Console())
-    components = build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=model), env)
+    components, env = build_direct(
+        make_plan(tmp_path, *RAY, "cluster.trainer_workers=2", "cluster.generator_replicas=2")
+    )
     try:
         generator, trainer = components.generator, components.trainer
         generator.timeout_s = 20  # the deadline of every later call (start-up on a busy CPU takes longer)
-        prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [7, 7]]
-        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=4, seed=0)
-        before = generator.generate(prompts, greedy)
+        before = generator.generate(PROMPTS, GREEDY)
 
         weights = list(trainer.named_weights())  # fetched to the driver: the generic consumer path
         noise = torch.Generator().manual_seed(0)
@@ -311,10 +320,10 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
         generator.update_weights(iter([(n, t + torch.randn(t.shape, generator=noise)) for n, t in weights]))
         push = generator.last_push
         assert push.transport == "object-store" and push.buckets > 1 and push.tensors == len(weights)
-        assert generator.generate(prompts, greedy) != before
-        generator.update_weights(trainer.named_weights())  # rank 0 -> replicas, never through the driver
-        assert generator.last_push.tensors == len(weights)
-        assert generator.generate(prompts, greedy) == before
+        assert generator.generate(PROMPTS, GREEDY) != before
+        generator.update_weights(trainer.named_weights(), version=3)  # rank 0 -> replicas, never through the driver
+        assert generator.last_push.tensors == len(weights) and generator.last_push.version == 3
+        assert generator.generate(PROMPTS, GREEDY) == before
 
         assert components.env.problems("train") is env.problems("train")
         problems = list(env.problems("train")[:6])
@@ -324,9 +333,70 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
         pids = [info["pid"] for info in ray.get([a.node.remote() for a in generator.actors])]
         os.kill(pids[1], signal.SIGSTOP)
         with pytest.raises(RayWorkerError) as info:
-            generator.generate(prompts, greedy)
+            generator.generate(PROMPTS, GREEDY)
         message = str(info.value)
-        assert "generator replica 1" in message and "'generate'" in message and "cluster.timeout_s=20" in message
+        assert "generator replica 1: 'generate' at step 4 did not finish within cluster.timeout_s=20 s" in message
+    finally:
+        components.close()
+    _assert_all_stopped(components)
+
+
+def test_broadcast_push_over_gloo_fails_on_a_stuck_or_dead_replica_and_refuses_until_a_later_push(cluster, tmp_path):
+    """`cluster.ray.weight_transport=broadcast` on CPUs: trainer rank 0 and 2 replicas form a gloo group of their own;
+    bucket layouts go through Ray, the packed buckets by broadcast, and the replicas serve the trainer's weights. A
+    push to a stopped (SIGSTOP) replica fails within the deadline naming it and the step; the pool and the replica
+    that took part refuse to generate until a later push (over a new group) completes; a push to a killed replica
+    fails naming it."""
+    from rlx.cluster.ray import RayWorkerError
+
+    plan = make_plan(
+        tmp_path,
+        *RAY,
+        "cluster.trainer_workers=1",
+        "cluster.generator_replicas=2",
+        "cluster.ray.weight_transport=broadcast",
+    )
+    components, _ = build_direct(plan)
+    try:
+        generator, trainer = components.generator, components.trainer
+        generator.timeout_s = 20
+        generator.bucket_bytes = 64 << 10
+        before = generator.generate(PROMPTS, GREEDY)
+        weights = list(trainer.named_weights())
+        noise = torch.Generator().manual_seed(0)
+        generator.update_weights(iter([(n, t + torch.randn(t.shape, generator=noise)) for n, t in weights]))
+        assert generator.last_push.transport == "object-store"  # from the driver: never a broadcast
+        assert generator.generate(PROMPTS, GREEDY) != before
+
+        generator.update_weights(trainer.named_weights(), version=7)
+        push = generator.last_push
+        assert (push.transport, push.version, push.tensors) == ("gloo", 7, len(weights))
+        assert push.bytes == sum(t.numel() * t.element_size() for _, t in weights) and push.buckets > 1
+        assert generator.generate(PROMPTS, GREEDY) == before
+
+        pids = [info["pid"] for info in ray.get([a.node.remote() for a in generator.actors])]
+        os.kill(pids[1], signal.SIGSTOP)
+        with pytest.raises(RayWorkerError) as info:
+            generator.update_weights(trainer.named_weights(), version=8)
+        assert "generator replica 1: 'update_weights' at step 8 did not finish within cluster.timeout_s=20" in str(
+            info.value
+        )
+        with pytest.raises(RayWorkerError, match="its last weight push did not complete"):
+            generator.generate(PROMPTS, GREEDY)
+        with pytest.raises(ray.exceptions.RayTaskError) as info:
+            ray.get(generator.actors[0].generate.remote(PROMPTS, GREEDY), timeout=60)
+        assert "generator replica 0: its last weight push (version 8) began but did not complete" in str(info.value)
+
+        os.kill(pids[1], signal.SIGCONT)
+        generator.update_weights(trainer.named_weights(), version=9)
+        assert (generator.last_push.transport, generator.last_push.version) == ("gloo", 9)
+        assert generator.generate(PROMPTS, GREEDY) == before
+
+        ray.kill(generator.actors[1], no_restart=True)
+        with pytest.raises(RayWorkerError) as info:
+            generator.update_weights(trainer.named_weights(), version=10)
+        message = str(info.value)
+        assert message.startswith("generator replica 1 died") and "during 'update_weights' at step 10" in message
     finally:
         components.close()
     _assert_all_stopped(components)

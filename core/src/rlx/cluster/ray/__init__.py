@@ -3,8 +3,8 @@ environment scorers as actors behind plain Trainer / Generator / Environment obj
 the step within `cluster.timeout_s`, and closing stops every actor. How to run it: docs/ray.md.
 
 Modules: `pool` (the actor pool they are all built on), `placement`, `trainer` + `stream` (trainer ranks and their
-weight stream), `generator` + `replica` (generator replicas and their side of a push), `broadcast` (the weight
-broadcast group, no ray), `environment`; this module connects and builds.
+weight stream), `generator` + `replica` (generator replicas and their side of a push), `environment`; this module
+connects and builds. The weight broadcast group itself is `rlx.cluster.broadcast` (plain torch.distributed).
 """
 
 from __future__ import annotations

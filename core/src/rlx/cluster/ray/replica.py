@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rlx.cluster.ray.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast
+from rlx.cluster.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast
 from rlx.cluster.ray.pool import node_info
 from rlx.errors import RlxError
 from rlx.interfaces import Completion, Generator, NamedTensors, SamplingParams

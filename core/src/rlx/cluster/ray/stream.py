@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rlx.cluster.ray.broadcast import BroadcastSpec, BucketLayout
+from rlx.cluster.broadcast import BroadcastSpec, BucketLayout
 from rlx.cluster.ray.pool import ActorPool, Pending
 
 DEFAULT_BUCKET_BYTES = 256 << 20

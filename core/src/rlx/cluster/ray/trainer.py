@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, split_rows
-from rlx.cluster.ray.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast, pack
+from rlx.cluster.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast, pack
 from rlx.cluster.ray.placement import Placement
 from rlx.cluster.ray.pool import ActorPool, StepClock, node_info
 from rlx.cluster.ray.stream import RayWeightStream

@@ -1,6 +1,7 @@
 """Weight broadcast between separate pools: trainer rank 0 (the root) and the generator replicas form a process
 group of their own, made from its own TCPStore (apart from the trainer's torch.distributed group), NCCL on CUDA and
-gloo on CPU; each bucket travels as one packed byte buffer described by a `BucketLayout`. Nothing here imports ray.
+gloo on CPU; each bucket travels as one packed byte buffer described by a `BucketLayout`. No ray here: any host
+(Ray actors, or plain processes) can run a member.
 """
 
 from __future__ import annotations
