@@ -402,6 +402,35 @@ def test_broadcast_push_over_gloo_fails_on_a_stuck_or_dead_replica_and_refuses_u
     _assert_all_stopped(components)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needs"),
+    [
+        (
+            ["cluster.ray.cpus_per_worker=5", "cluster.ray.gpus_per_worker=1"],
+            "it needs 5 CPUs (cluster has 4); 1 GPUs (cluster has 0).",
+        ),
+        (
+            ["cluster.trainer_workers=3", "cluster.ray.placement=separate", "cluster.ray.strategy=STRICT_SPREAD"],
+            "it needs 3 nodes for STRICT_SPREAD (cluster has 2 alive).",
+        ),
+    ],
+    ids=["cpus-and-gpus", "strict-spread-nodes"],
+)
+def test_infeasible_placement_fails_at_once_with_the_numbers(cluster, tmp_path, overrides, needs):
+    """A placement the cluster can never hold is one ConfigError with what it needs and has, and what to change;
+    the placement groups it reserved on the way are removed."""
+    from rlx.errors import ConfigError
+
+    before = set(placement_group_table())
+    with pytest.raises(ConfigError) as info:
+        build_direct(make_plan(tmp_path, *RAY, *overrides))
+    message = str(info.value)
+    assert message.startswith("the Ray cluster cannot hold this run's placement: " + needs), message
+    assert "Lower cluster.trainer_workers / generator_replicas / ray.cpus_per_worker / ray.gpus_per_worker" in message
+    created = {pg: row for pg, row in placement_group_table().items() if pg not in before}
+    assert created and all(row["state"] == "REMOVED" for row in created.values())
+
+
 def test_keyboard_interrupt_stops_the_clusters_actors(cluster, tmp_path, monkeypatch):
     """Ctrl-C in the driver (here: KeyboardInterrupt from the first GRPO step) kills every actor of the run."""
     from rlx.loop import GRPOLoop

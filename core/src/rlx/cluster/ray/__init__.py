@@ -124,6 +124,7 @@ def build_ray_components(selection: Selection, cfg: ClusterConfig, ctx: BuildCon
         cfg.ray.strategy,
         transport,
     )
+    log.info("ray placement: %s", "; ".join(trainer.placement() + generator.placement()))
     return RayComponents(generator=generator, trainer=trainer, env=scorers, placement=placement, started_ray=started)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlx.cluster.ray.placement import Placement
-from rlx.cluster.ray.pool import ActorPool, StepClock, node_info
+from rlx.cluster.ray.pool import ActorPool, PoolBacked, StepClock, node_info
 from rlx.interfaces import Environment, Problem, Score, Split
 from rlx.plan import Choice
 from rlx.registry import BuildContext
@@ -29,9 +29,11 @@ class EnvironmentActor:
         self.env.close()
 
 
-class RayEnvironmentPool:
+class RayEnvironmentPool(PoolBacked):
     """An `Environment` scoring on `workers` Ray actors; `problems` comes from `local` (the driver built it, and
     owns closing it)."""
+
+    close_grace_s = 10.0
 
     def __init__(
         self,
@@ -54,14 +56,6 @@ class RayEnvironmentPool:
             clock=clock or StepClock(),
         )
 
-    @property
-    def actors(self) -> list[Any]:
-        return self.pool.actors
-
-    @property
-    def nodes(self) -> list[str]:
-        return self.pool.nodes
-
     def problems(self, split: Split) -> Sequence[Problem]:
         return self.local.problems(split)
 
@@ -71,6 +65,3 @@ class RayEnvironmentPool:
         return self.pool.call_blocks(
             "score", len(problems), lambda _, rows: (list(problems[rows]), list(completions[rows]))
         )
-
-    def close(self) -> None:
-        self.pool.close(10.0)

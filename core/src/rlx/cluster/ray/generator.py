@@ -14,7 +14,7 @@ from typing import Any
 import ray
 
 from rlx.cluster.ray.placement import Placement, Transport
-from rlx.cluster.ray.pool import ActorPool, RayWorkerError, StepClock
+from rlx.cluster.ray.pool import ActorPool, PoolBacked, RayWorkerError, StepClock
 from rlx.cluster.ray.replica import GeneratorActor
 from rlx.cluster.ray.stream import DEFAULT_BUCKET_BYTES, RayWeightStream
 from rlx.interfaces import Completion, NamedTensors, SamplingParams
@@ -50,7 +50,7 @@ def replica_params(params: SamplingParams, replica: int) -> SamplingParams:
     return dataclasses.replace(params, seed=params.seed + replica * REPLICA_SEED_STRIDE)
 
 
-class RayGeneratorPool:
+class RayGeneratorPool(PoolBacked):
     """A `Generator` made of data-parallel replicas of one generator plugin, each a Ray actor.
 
     `generate` splits the prompts into contiguous blocks (the first replicas take one more), each replica samples
@@ -90,22 +90,6 @@ class RayGeneratorPool:
             timeout_s=timeout_s,
             clock=self.clock,
         )
-
-    @property
-    def actors(self) -> list[Any]:
-        return self.pool.actors
-
-    @property
-    def nodes(self) -> list[str]:
-        return self.pool.nodes
-
-    @property
-    def timeout_s(self) -> float:
-        return self.pool.timeout_s
-
-    @timeout_s.setter
-    def timeout_s(self, seconds: float) -> None:
-        self.pool.timeout_s = seconds
 
     # ---------------------------------------------------------------------------------------- Generator
 
@@ -223,6 +207,3 @@ class RayGeneratorPool:
 
     def wake_up(self) -> None:
         self.pool.call_all("wake_up")
-
-    def close(self) -> None:
-        self.pool.close(min(self.pool.timeout_s, 60.0))

@@ -54,11 +54,12 @@ Pending = tuple[Any, str]
 
 
 def node_info() -> dict[str, Any]:
-    """Where the calling actor runs (its `node` method returns this)."""
+    """Where the calling actor runs (its `node` method returns this): node, process and the GPUs Ray gave it."""
     return {
         "ip": ray.util.get_node_ip_address(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "pid": os.getpid(),
+        "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
     }
 
 
@@ -237,3 +238,39 @@ class ActorPool:
             pass
         finally:
             self.kill()
+
+
+class PoolBacked:
+    """What the Ray components share: the pool they run on (`pool`), where its actors run, its deadline, closing."""
+
+    pool: ActorPool
+    close_grace_s = 60.0  # the longest closing waits for the actors before killing them
+
+    @property
+    def actors(self) -> list[Any]:
+        return self.pool.actors
+
+    @property
+    def nodes(self) -> list[str]:
+        """The Ray node id of each actor."""
+        return self.pool.nodes
+
+    def placement(self) -> list[str]:
+        """Where each actor runs, for logs: 'trainer rank 0 on 10.0.0.5 (GPU 0)'."""
+        return [
+            f"{label} on {info['ip']}" + (f" (GPU {','.join(info['gpu_ids'])})" if info["gpu_ids"] else "")
+            for label, info in zip(self.pool.labels, self.pool.infos, strict=True)
+        ]
+
+    @property
+    def timeout_s(self) -> float:
+        """The deadline of every later call (`cluster.timeout_s`)."""
+        return self.pool.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float) -> None:
+        self.pool.timeout_s = seconds
+
+    def close(self) -> None:
+        """Close every actor (bounded wait), then kill them; safe after a failure and twice."""
+        self.pool.close(min(self.pool.timeout_s, self.close_grace_s))

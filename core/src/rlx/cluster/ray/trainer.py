@@ -12,7 +12,7 @@ import torch
 from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, split_rows
 from rlx.cluster.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast, pack
 from rlx.cluster.ray.placement import Placement
-from rlx.cluster.ray.pool import ActorPool, StepClock, node_info
+from rlx.cluster.ray.pool import ActorPool, PoolBacked, StepClock, node_info
 from rlx.cluster.ray.stream import RayWeightStream
 from rlx.interfaces import PolicyLossFn, TokenBatch, TrainBatch
 from rlx.plan import Choice
@@ -92,7 +92,7 @@ class TrainerActor(TrainerWorker):
         super().close()
 
 
-class RayTrainerGroup:
+class RayTrainerGroup(PoolBacked):
     """A `Trainer` made of `world_size` trainer actors forming one torch.distributed group (gloo on CPU, NCCL on
     GPU): batches split by rows, rank 0's metrics.
 
@@ -132,20 +132,8 @@ class RayTrainerGroup:
             raise
 
     @property
-    def actors(self) -> list[Any]:
-        return self.pool.actors
-
-    @property
-    def nodes(self) -> list[str]:
-        return self.pool.nodes
-
-    @property
     def ips(self) -> list[str]:
         return [info["ip"] for info in self.pool.infos]
-
-    @property
-    def timeout_s(self) -> float:
-        return self.pool.timeout_s
 
     # ---------------------------------------------------------------------------------------- fan-out
 
@@ -192,6 +180,5 @@ class RayTrainerGroup:
         self._call_all("export_hf", [(path,)] * self.world_size)
 
     def close(self) -> None:
-        """Close every rank (bounded wait), then kill the actors; safe after a failure and twice."""
-        self._stream = None
-        self.pool.close(min(self.pool.timeout_s, 60.0))
+        self._stream = None  # not drained: the ranks are closed or killed anyway
+        super().close()
