@@ -221,7 +221,7 @@ def test_cli_cluster_ray_two_by_two_trains_like_local(generator, local_default_r
 def test_killed_generator_replica_stops_run_with_clear_error(cluster, tmp_path, monkeypatch):
     """A replica killed after the first checkpoint: the run raises an RlxError naming the replica and the step,
     and the latest checkpoint is complete and loads."""
-    import rlx.run
+    import rlx.rundir
 
     out = tmp_path / "kill"
     killed: list[int] = []
@@ -234,7 +234,7 @@ def test_killed_generator_replica_stops_run_with_clear_error(cluster, tmp_path, 
                 killed.append(step)
             return path
 
-    monkeypatch.setattr(rlx.run, "CheckpointManager", KillAfterFirstSave)
+    monkeypatch.setattr(rlx.rundir, "CheckpointManager", KillAfterFirstSave)
     components: list[Components] = []
     plan = make_plan(
         out,
