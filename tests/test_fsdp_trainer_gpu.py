@@ -65,17 +65,16 @@ def test_bf16_train_step_checkpoint_and_export(tiny_path: str, tmp_path: Path) -
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_match_one(tiny_path: str) -> None:
     from rlx.cluster.local import LocalTrainerGroup
+    from rlx.plan import Choice
+    from rlx.registry import BuildContext
 
     config = FSDPTrainerConfig(lr=1e-3, micro_batch_size=2, dtype="float32", eps=1e-4)
     batch = make_batch(5, seed=31)
     weights = []
     for world_size in (1, 2):
         group = LocalTrainerGroup(
-            "rlx.builtin.fsdp_trainer:FSDPTrainer",
-            config,
-            model=ModelSpec(tiny_path),
-            seed=0,
-            with_reference=False,
+            Choice.named("trainer", "fsdp", config),
+            BuildContext(seed=0, model=ModelSpec(tiny_path)),
             world_size=world_size,
             timeout_s=300,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ from rlx.cluster.base import TrainerWorkerError, split_rows
 from rlx.cluster.local import LocalTrainerGroup
 from rlx.grpo.losses import policy_loss
 from rlx.interfaces import ModelSpec, TrainBatch
+from rlx.plan import Choice
+from rlx.registry import BuildContext
 from tests.test_fsdp_trainer import EXACT, assert_same_weights, hf_logprobs, make_batch, pg_loss
-
-FACTORY = "rlx.builtin.fsdp_trainer:FSDPTrainer"
 
 
 def failing_loss(new_logprobs: torch.Tensor, batch: TrainBatch, *, how: str) -> tuple[torch.Tensor, dict]:
@@ -44,7 +43,8 @@ def make_group(path: str, world_size: int, **options: object) -> LocalTrainerGro
         **{"lr": 1e-2, "grad_clip": 1.0, "micro_batch_size": 2, "device": "cpu", **EXACT, **options}
     )
     return LocalTrainerGroup(
-        FACTORY, config, model=ModelSpec(path), seed=0, with_reference=True, world_size=world_size, timeout_s=300
+        Choice.named("trainer", "fsdp", config), BuildContext(seed=0, model=ModelSpec(path), with_reference=True),
+        world_size=world_size, timeout_s=300,
     )
 
 
@@ -119,11 +119,12 @@ def test_a_failing_rank_is_reported_by_rank_and_call(tiny_path: str, how: str) -
     group = make_group(tiny_path, 2)
     procs = list(group._procs)
     try:
-        started = time.monotonic()
         with pytest.raises(TrainerWorkerError) as info:
             group.train_step(make_batch(4), functools.partial(failing_loss, how=how))
-        assert time.monotonic() - started < 60  # the peer stuck in a collective did not hang the driver
         message = str(info.value)
+        # the failure itself was reported: the peer stuck in a collective did not leave the driver waiting for
+        # the group's deadline
+        assert "took longer than" not in message
         assert "rank 1" in message.splitlines()[0] and "train_step" in message  # root cause first
         assert ("boom from the loss" in message) if how == "raise" else ("exit code 3" in message)
         with pytest.raises(TrainerWorkerError, match="failed earlier"):

@@ -23,6 +23,14 @@ class Choice:
     spec: ComponentSpec
     config: BaseModel
 
+    @classmethod
+    def named(cls, kind: ComponentKind, name: str, config: BaseModel | None = None) -> Choice:
+        """The installed component `name` of `kind` with `config` (default: its Config's defaults)."""
+        from rlx.plugins import catalog
+
+        spec = catalog().get(kind, name)
+        return cls(spec, config if config is not None else spec.config())
+
     @property
     def name(self) -> str:
         return self.spec.name

@@ -90,13 +90,13 @@ class LocalTrainerGroup:
         if world_size == 1:
             self._trainer = choice.build(ctx)
             return
-        ctx = mp.get_context("spawn")
-        self._results = ctx.Queue()
-        self._commands = [ctx.Queue() for _ in range(world_size)]
+        spawn = mp.get_context("spawn")
+        self._results = spawn.Queue()
+        self._commands = [spawn.Queue() for _ in range(world_size)]
         port = free_port()
         for rank in range(world_size):
             worker = TrainerWorker(choice, ctx)
-            proc = ctx.Process(
+            proc = spawn.Process(
                 target=_serve,
                 args=(rank, world_size, port, worker, self._commands[rank], self._results),
                 name=f"rlx-trainer-rank{rank}",
