@@ -26,7 +26,6 @@ from rlx.config import ClusterConfig
 from rlx.interfaces import ModelSpec, SamplingParams
 from rlx.models.tiny import build_tokenizer, default_corpus
 from rlx.plan import Choice
-from rlx.plugins import catalog
 from rlx.registry import BuildContext
 
 SHAPES = {
@@ -60,11 +59,6 @@ def save_model(shape: str, folder: str) -> str:
     return folder
 
 
-def choice(kind: str, name: str) -> Choice:
-    spec = catalog().get(kind, name)  # type: ignore[arg-type]
-    return Choice(spec, spec.config())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
@@ -95,9 +89,11 @@ def main() -> None:
         placement = Placement(cfg)
         placement.check_feasible()
         placement.wait_ready(cfg.timeout_s)
-        trainer = RayTrainerGroup(choice("trainer", "fsdp"), ctx, world_size=1, placement=placement, timeout_s=600)
+        trainer = RayTrainerGroup(
+            Choice.named("trainer", "fsdp"), ctx, world_size=1, placement=placement, timeout_s=600
+        )
         generator = RayGeneratorPool(
-            choice("generator", "hf"),
+            Choice.named("generator", "hf"),
             ctx,
             replicas=args.replicas,
             placement=placement,
