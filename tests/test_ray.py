@@ -341,14 +341,47 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
     _assert_all_stopped(components)
 
 
+def assert_failed_pushes_refuse_until_a_later_push(generator, trainer, *, replica, version, expected) -> None:
+    """Push `version` with `replica` stopped (SIGSTOP): it fails within the deadline naming the replica and the step;
+    the pool, and every other replica (it took part), refuse to generate. Resumed, a later push (over a new group)
+    completes and the samples are `expected` again. Killed, the next push fails naming it."""
+    from rlx.cluster.ray import RayWorkerError
+
+    pid = generator.pool.infos[replica]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    with pytest.raises(RayWorkerError) as info:
+        generator.update_weights(trainer.named_weights(), version=version)
+    assert (
+        f"generator replica {replica}: 'update_weights' at step {version} did not finish within "
+        f"cluster.timeout_s={generator.timeout_s:g}" in str(info.value)
+    )
+    with pytest.raises(RayWorkerError, match="its last weight push did not complete"):
+        generator.generate(PROMPTS, GREEDY)
+    for other, actor in enumerate(generator.actors):
+        if other != replica:
+            with pytest.raises(ray.exceptions.RayTaskError) as info:
+                ray.get(actor.generate.remote(PROMPTS, GREEDY), timeout=60)
+            assert (
+                f"generator replica {other}: its last weight push (version {version}) began but did not complete"
+                in (str(info.value))
+            )
+    os.kill(pid, signal.SIGCONT)
+    generator.update_weights(trainer.named_weights(), version=version + 1)
+    assert generator.last_push.version == version + 1 and generator.generate(PROMPTS, GREEDY) == expected
+    ray.kill(generator.actors[replica], no_restart=True)
+    with pytest.raises(RayWorkerError) as info:
+        generator.update_weights(trainer.named_weights(), version=version + 2)
+    message = str(info.value)
+    assert message.startswith(f"generator replica {replica} died"), message
+    assert f"during 'update_weights' at step {version + 2}" in message, message
+
+
 def test_broadcast_push_over_gloo_fails_on_a_stuck_or_dead_replica_and_refuses_until_a_later_push(cluster, tmp_path):
     """`cluster.ray.weight_transport=broadcast` on CPUs: trainer rank 0 and 2 replicas form a gloo group of their own;
     bucket layouts go through Ray, the packed buckets by broadcast, and the replicas serve the trainer's weights. A
     push to a stopped (SIGSTOP) replica fails within the deadline naming it and the step; the pool and the replica
     that took part refuse to generate until a later push (over a new group) completes; a push to a killed replica
     fails naming it."""
-    from rlx.cluster.ray import RayWorkerError
-
     plan = make_plan(
         tmp_path,
         *RAY,
@@ -374,29 +407,7 @@ def test_broadcast_push_over_gloo_fails_on_a_stuck_or_dead_replica_and_refuses_u
         assert push.bytes == sum(t.numel() * t.element_size() for _, t in weights) and push.buckets > 1
         assert generator.generate(PROMPTS, GREEDY) == before
 
-        pids = [info["pid"] for info in ray.get([a.node.remote() for a in generator.actors])]
-        os.kill(pids[1], signal.SIGSTOP)
-        with pytest.raises(RayWorkerError) as info:
-            generator.update_weights(trainer.named_weights(), version=8)
-        assert "generator replica 1: 'update_weights' at step 8 did not finish within cluster.timeout_s=20" in str(
-            info.value
-        )
-        with pytest.raises(RayWorkerError, match="its last weight push did not complete"):
-            generator.generate(PROMPTS, GREEDY)
-        with pytest.raises(ray.exceptions.RayTaskError) as info:
-            ray.get(generator.actors[0].generate.remote(PROMPTS, GREEDY), timeout=60)
-        assert "generator replica 0: its last weight push (version 8) began but did not complete" in str(info.value)
-
-        os.kill(pids[1], signal.SIGCONT)
-        generator.update_weights(trainer.named_weights(), version=9)
-        assert (generator.last_push.transport, generator.last_push.version) == ("gloo", 9)
-        assert generator.generate(PROMPTS, GREEDY) == before
-
-        ray.kill(generator.actors[1], no_restart=True)
-        with pytest.raises(RayWorkerError) as info:
-            generator.update_weights(trainer.named_weights(), version=10)
-        message = str(info.value)
-        assert message.startswith("generator replica 1 died") and "during 'update_weights' at step 10" in message
+        assert_failed_pushes_refuse_until_a_later_push(generator, trainer, replica=1, version=8, expected=before)
     finally:
         components.close()
     _assert_all_stopped(components)

@@ -102,8 +102,10 @@ def test_broadcast_to_a_dead_or_stuck_receiver_fails_the_root(mode: str) -> None
     live receiver returns too: with every bucket, or with an error once the root gave up (then it holds a partial
     push, which is why a replica refuses to serve until a later push completes)."""
     out = _broadcast_run(mode, timeout_s=5)
-    assert out[0].startswith("RuntimeError") and ("Connection reset" in out[0] or "Timed out" in out[0]), out[0]
-    assert out[1] == "ok" or ("RuntimeError" in out[1] and "Connection closed by peer" in out[1]), out[1]
+    # stuck: its own timeout, or the live receiver's exit once that one timed out waiting (whichever comes first)
+    ends = ("Connection reset", "Timed out", "Connection closed by peer")
+    assert out[0].startswith("RuntimeError") and any(end in out[0] for end in ends), out[0]
+    assert out[1] == "ok" or (out[1].startswith("RuntimeError") and any(end in out[1] for end in ends)), out[1]
 
 
 # ------------------------------------------------------------------------------------- a replica's pushes
