@@ -6,6 +6,13 @@ writes JSON.
 
 "repeated" batches reuse 10 problems' final answers (as GRPO does: the environment grades each distinct
 (gold, final answer) once); "distinct" batches give every completion a new answer (the worst case).
+
+    python benchmarks/reward_throughput.py --adversarial --completions 400 --workers 2 --timeout-s 2
+
+`--adversarial` grades pathological final answers instead (`rlx_math.adversarial`: long symbolic sums, power
+towers, deep nesting, huge numbers, control bytes, repetition loops, unevaluated calculus), once with the
+fast paths off (every answer through math-verify, as before they existed) and once with them on, and reports
+how many hit the time limit, the batch time, and that none was judged correct.
 """
 
 from __future__ import annotations
@@ -97,6 +104,63 @@ def make_batch(
     return problems, completions, kinds
 
 
+def run_adversarial(args: argparse.Namespace) -> list[dict]:
+    """One batch of `args.completions` adversarial answers per (workers, fast paths off/on)."""
+    from rlx_math.adversarial import adversarial_answers
+    from rlx_math.env import MathEnvironment
+    from rlx_math.plugin import MathEnvConfig
+
+    triples = adversarial_answers(args.completions, seed=args.seed)
+    problems = [
+        Problem(f"adv-{i}", ({"role": "user", "content": "q"},), gold) for i, (_, gold, _) in enumerate(triples)
+    ]
+    completions = [completion for _, _, completion in triples]
+    rows = []
+    for workers in args.workers:
+        for fast_paths in (False, True):
+            config = MathEnvConfig(num_workers=workers, timeout_s=args.timeout_s, fast_paths=fast_paths)
+            env = MathEnvironment(config, seed=0)
+            try:
+                env.score(problems[:2], ["\\boxed{1}", "\\boxed{2}"])  # start and warm up the workers
+                start = time.perf_counter()
+                scores = env.score(problems, completions)
+                batch_s = time.perf_counter() - start
+                stats = env.last_grading_stats
+                limited = Counter(c for (c, _, _), s in zip(triples, scores, strict=True) if s.status == "timeout")
+                rows.append(
+                    {
+                        "answers": "adversarial",
+                        "workers": workers,
+                        "fast_paths": fast_paths,
+                        "completions": len(triples),
+                        "batch_s": round(batch_s, 2),
+                        "hit_time_limit": stats.timed_out,
+                        "judged_correct": sum(s.status == "correct" for s in scores),
+                        "decided_without_sympy": stats.fast,
+                        "statuses": dict(Counter(s.status for s in scores)),
+                        "paths": stats.by_path,
+                        "hit_time_limit_by_category": dict(limited),
+                        "pool_events": dict(env.pool.events),
+                    }
+                )
+            finally:
+                env.close()
+    print(
+        f"adversarial answers: {len(triples)} distinct (seed {args.seed}), time limit {args.timeout_s} s, "
+        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f})"
+    )
+    print(
+        f"{'workers':>7} {'fast paths':>10} {'batch s':>8} {'hit limit':>9} {'correct':>7} {'no sympy':>8}  limit hits by kind"
+    )
+    for row in rows:
+        print(
+            f"{row['workers']:>7} {'on' if row['fast_paths'] else 'off':>10} {row['batch_s']:>8.1f} "
+            f"{row['hit_time_limit']:>9} {row['judged_correct']:>7} {row['decided_without_sympy']:>8}  "
+            f"{row['hit_time_limit_by_category']}"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--completions", type=int, default=1024, help="completions per measured batch")
@@ -111,8 +175,16 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=40, help="mean chain-of-thought lines per completion")
     parser.add_argument("--repeats", type=int, default=3, help="measured batches per setting (best is reported)")
     parser.add_argument("--timeout-s", type=float, default=10.0)
-    parser.add_argument("--out", default="benchmarks/results/reward_throughput.json", help="JSON results file")
+    parser.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
+    parser.add_argument(
+        "--adversarial", action="store_true", help="grade pathological answers, fast paths off then on (see above)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the adversarial answers")
     args = parser.parse_args()
+    if args.adversarial:
+        rows = run_adversarial(args)
+        _write(args, rows, args.out or "benchmarks/results/reward_throughput_adversarial.json")
+        return
 
     from rlx_math.env import MathEnvironment
     from rlx_math.plugin import MathEnvConfig
@@ -176,6 +248,10 @@ def main() -> None:
             f"{row['median_s']:>9.3f} {row['rewards_per_s']:>10.1f} {row['startup_s']:>10.3f} "
             f"{row['cpu_ms_per_reward'] if row['cpu_ms_per_reward'] is not None else '-':>14}  {row['statuses']}"
         )
+    _write(args, rows, args.out or "benchmarks/results/reward_throughput.json")
+
+
+def _write(args: argparse.Namespace, rows: list[dict], out: str) -> None:
     result = {
         "benchmark": "reward_throughput",
         "cpus": os.cpu_count(),
@@ -185,10 +261,11 @@ def main() -> None:
         "args": vars(args),
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    os.replace(out + ".tmp", out)  # never a half-written results file
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,21 @@ def test_hook_is_documented_with_exact_signature(hook):
 def test_hook_has_a_test(hook):
     tests = (REPO / "tests" / "test_plugins.py").read_text()
     assert re.search(rf"def test_hook_{hook}\b", tests), f"tests/test_plugins.py needs test_hook_{hook}"
+
+
+def test_readme_run_paths_are_what_runs_write():
+    """Every `runs/<name>` the README mentions is the output_dir of a shipped recipe (not, e.g., runs/default)."""
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    mentioned = set(re.findall(r"\bruns/([\w.-]+)", readme))
+    written = {yaml.safe_load(p.read_text()).get("output_dir", "") for p in (REPO / "recipes").glob("*.yaml")}
+    assert mentioned and mentioned <= {w.removeprefix("runs/") for w in written}, mentioned
+
+
+def test_environment_docs_cover_the_exchanged_types():
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    for needle in ("class Problem:", "class Score:", "correct: bool | None", "class Completion:", "class SamplingParams:",
+                   "metadata[\"solution\"]", "metadata[\"distractors\"]", "EnvironmentConformance",
+                   "GeneratorConformance", "What `score(problems, completions)` receives"):
+        assert needle in docs, needle

@@ -136,7 +136,7 @@ def test_sleep_and_wake_up_are_noops_on_cpu(base: str) -> None:
 
 def test_bad_sampling_params_are_rejected(base: str) -> None:
     gen = _build(base)
-    with pytest.raises(ValueError, match="n and max_new_tokens"):
+    with pytest.raises(ValueError, match="SamplingParams.n must be >= 1"):
         gen.generate(PROMPTS, SamplingParams(n=0))
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         gen.generate([[1, 2], []], SamplingParams())

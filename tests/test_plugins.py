@@ -68,10 +68,47 @@ def test_builtins_register_through_hooks():
     assert cat.get("trainer", "fsdp").plugin.distribution == "rlx"
 
 
-def test_unknown_hook_is_an_error(register_plugin):
-    register_plugin(_plugin(register_generatorz=lambda registry: None), "typo-plugin")
-    with pytest.raises(PluginError, match="typo-plugin.*register_generatorz|register_generatorz"):
-        catalog()
+def test_misspelt_hook_marks_only_that_plugin_broken(register_plugin):
+    """`register_environment` (no s) would be silently ignored by pluggy: the plugin is listed as broken, naming the
+    hook and the real one, and every other plugin keeps working."""
+    register_plugin(_plugin(register_environment=lambda registry: registry.add(
+        "typo-env", config=_Cfg, factory="x:y")), "typo-plugin")
+    cat = catalog()
+    (broken,) = [p for p in cat.plugins if p.error]
+    assert broken.name == "typo-plugin"
+    assert "'register_environment', which rlx does not have. Did you mean 'register_environments'?" in broken.error
+    assert "register_commands, register_environments, register_generators, register_trainers" in broken.error
+    assert cat.get("generator", "hf") and cat.get("environment", "math")
+    with pytest.raises(ComponentError, match="unknown environment 'typo-env'.*typo-plugin: implements"):
+        cat.get("environment", "typo-env")
+
+
+def test_hook_with_wrong_arguments_marks_only_that_plugin_broken(register_plugin):
+    register_plugin(_plugin(register_generators=lambda reg: None), "bad-args")
+    cat = catalog()
+    (broken,) = [p for p in cat.plugins if p.error]
+    assert broken.name == "bad-args" and "reg" in broken.error and "register_generators" in broken.error
+    assert cat.get("trainer", "fsdp")
+
+
+def test_plugins_list_shows_a_misspelt_hook_as_broken_and_runs_still_work(tmp_path):
+    """Through the CLI, with the plugin installed as an entry point (a throwaway distribution on sys.path)."""
+    site = tmp_path / "site"
+    (site / "typo_plugin").mkdir(parents=True)
+    (site / "typo_plugin" / "__init__.py").write_text(
+        "import rlx\n\n@rlx.hookimpl\ndef register_environment(registry):\n    pass\n")
+    dist = site / "typo_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: typo-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rlx]\ntypo = typo_plugin\n")
+    import os
+
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    listed = _cli("plugins", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    text = " ".join(listed.stdout.split())  # rich wraps lines
+    assert "broken plugin typo (typo-plugin 0.1)" in text and "Did you mean 'register_environments'?" in text
+    assert _cli("run", "--dry-run", env=env).returncode == 0
 
 
 def test_same_name_twice_names_both_distributions(register_plugin):

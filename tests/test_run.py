@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from rlx.checkpoint import CheckpointManager
 from rlx.config import build_config
 from rlx.metrics import read_metrics
+from rlx.outputs import output_kind
 from rlx.plan import resolve_plan
 from rlx.run import run
 
@@ -35,6 +36,7 @@ SMALL = [
     "logging.progress=false",
     "logging.tensorboard=false",
     "checkpoint.export_hf=false",
+    "logging.plot=false",
 ]
 RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
 
@@ -115,6 +117,11 @@ def test_kill_during_save_leaves_previous_checkpoint_intact(tmp_path):
     steps = [c.step for c in CheckpointManager(root).list()]
     assert steps[-1] == 4 and not list(root.glob("*.tmp"))
     assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]  # step 2 was not logged twice
+    # rollouts.jsonl is truncated like metrics.jsonl: 2 prompts x 4 completions per step, each step once
+    rollouts = read_metrics(out / "rollouts.jsonl")
+    assert [r["step"] for r in rollouts] == [s for s in (1, 2, 3, 4) for _ in range(8)]
+    assert all(isinstance(r["completion"], str) and r["status"] and r["length"] >= 1 for r in rollouts)
+    assert rollouts[0]["prompt"].startswith("<|im_start|>") and "=" in rollouts[0]["prompt"]
 
 
 @pytest.mark.slow
@@ -134,6 +141,22 @@ def test_export_round_trip_same_logits(tmp_path):
     ids = torch.tensor([[1, 5, 9, 12, 3, 7]])
     torch.testing.assert_close(a(ids).logits, b(ids).logits, rtol=0, atol=0)
 
+    # an earlier rlx export is replaced without asking; a user's folder only with --overwrite
+    again = subprocess.run([sys.executable, "-m", "rlx.cli", "export", str(out), str(exported)], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    refused = subprocess.run([sys.executable, "-m", "rlx.cli", "export", str(out), str(notes)], capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and (notes / "todo.txt").read_text() == "keep me"
+    forced = subprocess.run([sys.executable, "-m", "rlx.cli", "export", str(out), str(notes), "--overwrite"],
+                            capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr
+    assert (notes / "model.safetensors").is_file() and not (notes / "todo.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "notes", "run"]  # no staging folder left
+
 
 @pytest.mark.slow
 def test_three_stage_flow_each_stage_from_previous_export(tmp_path):
@@ -152,6 +175,9 @@ def test_three_stage_flow_each_stage_from_previous_export(tmp_path):
         assert len(metrics) == 2 and all("train/kl" in m for m in metrics)
     w1, w3 = _weights((s1 / "best-hf").resolve()), _weights(s3 / "hf")
     assert any(not torch.equal(w1[k], w3[k]) for k in w1)  # stages 2-3 trained on top of stage 1
+    for stage in (s1, s2, s3):  # each export is marked as rlx's, so a rerun may replace it (and nothing else)
+        assert output_kind(stage / "hf") == "hf-export" and output_kind(stage / "best-hf") == "hf-export"
+        assert output_kind(stage) == "run" and not [p for p in stage.iterdir() if ".rlx-" in p.name[1:]]
 
 
 def rolling(values: list[float], window: int = 10) -> list[float]:
@@ -167,6 +193,7 @@ def test_embedded_default_run_reaches_target_reward(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "starting reward (step 1)" in proc.stdout and "model (Hugging Face format)" in proc.stdout
+    assert f"plot:{out / 'metrics.png'}" in "".join(proc.stdout.split()) and (out / "metrics.png").is_file()
     rewards = [m["reward/mean"] for m in read_metrics(out / "metrics.jsonl") if "reward/mean" in m]
     assert sum(rewards[:10]) / 10 < 0.6, rewards[:10]
     assert max(rolling(rewards)) >= 0.8, rolling(rewards)
@@ -185,3 +212,51 @@ def test_fresh_start_sets_earlier_checkpoints_aside(tmp_path):
     assert [c.step for c in CheckpointManager(out / "checkpoints").list()] == [1]
     assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1]
     assert len(list(out.glob("metrics.before-*.jsonl"))) == 1  # the earlier run's records, kept aside
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    out = tmp_path / "run"
+    keep_both = ["checkpoint.period=1", "checkpoint.keep_best=2", "checkpoint.metric=reward/mean"]
+    _run(out, "steps=2", *keep_both)
+    state = out / "checkpoints" / "step_00000002" / "run_state.json"
+    state.write_text(state.read_text()[:500])
+    console = Console(record=True, width=300)
+    with caplog.at_level("WARNING", logger="rlx.checkpoint"):
+        run(resolve_plan(build_config(RECIPE, [*SMALL, f"output_dir={out}", "steps=3", *keep_both])), console=console)
+    assert f"skipping damaged checkpoint step_00000002: {state} is not valid JSON" in caplog.text
+    assert f"resumed from {out / 'checkpoints' / 'step_00000001'} (step 1)" in console.export_text()
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert json.loads(state.read_text())["step"] == 2  # step 2 was trained again and its checkpoint rewritten
+
+
+_INTERRUPT_DURING_STEP_2 = r"""
+import sys
+from rich.console import Console
+import rlx.loop
+from rlx.config import build_config
+from rlx.plan import resolve_plan
+from rlx.run import RunInterrupted, run
+
+original = rlx.loop.GRPOLoop.run_step
+def run_step(self):
+    if self.step == 1:
+        raise KeyboardInterrupt  # Ctrl-C in the middle of step 2
+    return original(self)
+rlx.loop.GRPOLoop.run_step = run_step
+try:
+    run(resolve_plan(build_config(sys.argv[1], sys.argv[2:])), console=Console(quiet=True))
+except RunInterrupted as exc:
+    print("MESSAGE", exc)
+"""
+
+
+@pytest.mark.slow
+def test_interrupt_during_a_step_names_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_DURING_STEP_2, str(RECIPE), *SMALL, f"output_dir={out}",
+                           "steps=3", "checkpoint.period=1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = out / "checkpoints" / "step_00000001"
+    assert f"MESSAGE interrupted during step 2; last checkpoint: step 1 ({ckpt}); run the same command again to " \
+           "resume from it" in proc.stdout

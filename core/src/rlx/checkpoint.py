@@ -9,6 +9,7 @@ The latest checkpoint is always kept, plus the best `keep_best` by a chosen metr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -18,10 +19,31 @@ from typing import Any
 
 import torch
 
+from rlx.errors import ConfigError
 from rlx.interfaces import Trainer
+
+log = logging.getLogger("rlx.checkpoint")
 
 COMPLETE_MARKER = "COMPLETE"
 RUN_STATE = "run_state.json"
+
+
+class DamagedCheckpoint(ConfigError):
+    """A complete checkpoint whose run state cannot be read; the message names the file and what is wrong."""
+
+
+def read_run_state(folder: Path) -> dict[str, Any]:
+    """`folder/run_state.json` as a dict with an integer `step`, or DamagedCheckpoint naming the file."""
+    path = folder / RUN_STATE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedCheckpoint(f"{path} is not valid JSON ({exc}): the file is truncated or damaged") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DamagedCheckpoint(f"{path} has no integer 'step': it was not written by rlx or is damaged")
+    return state
 
 
 @dataclass(frozen=True)
@@ -60,17 +82,30 @@ class CheckpointManager:
         self.keep_best = keep_best
         self.metric = metric
         self.mode = mode
+        self.damaged: dict[Path, str] = {}  # complete checkpoints whose run state cannot be read -> why
 
     def list(self) -> list[CheckpointInfo]:
-        """Complete checkpoints, oldest first."""
+        """Complete checkpoints with a readable run state, oldest first (damaged ones are in `damaged`)."""
         if not self.root.is_dir():
             return []
         out = []
         for child in self.root.iterdir():
             if child.name.startswith("step_") and (child / COMPLETE_MARKER).is_file():
-                state = json.loads((child / RUN_STATE).read_text())
-                out.append(CheckpointInfo(int(state["step"]), child, state.get("metrics", {})))
+                try:
+                    state = read_run_state(child)
+                except DamagedCheckpoint as exc:
+                    if child not in self.damaged:
+                        log.warning("skipping damaged checkpoint %s: %s (an older complete checkpoint is used if there is one)",
+                                    child.name, exc)
+                    self.damaged[child] = str(exc)
+                    continue
+                self.damaged.pop(child, None)
+                out.append(CheckpointInfo(state["step"], child, state.get("metrics", {})))
         return sorted(out, key=lambda c: c.step)
+
+    def has_any(self) -> bool:
+        """Whether any step folder is here (complete, damaged or half-written)."""
+        return self.root.is_dir() and any(c.name.startswith("step_") for c in self.root.iterdir())
 
     def latest(self) -> CheckpointInfo | None:
         found = self.list()
@@ -105,7 +140,7 @@ class CheckpointManager:
 
     def load(self, info: CheckpointInfo, trainer: Trainer) -> dict[str, Any]:
         trainer.load_checkpoint(str(info.path / "trainer"))
-        state = json.loads((info.path / RUN_STATE).read_text())
+        state = read_run_state(info.path)
         set_rng_state(state["rng"])
         return state
 

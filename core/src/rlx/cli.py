@@ -62,11 +62,13 @@ def _resolve(config, overrides, generator, trainer, env, cluster):
     from rlx.plan import resolve_plan
 
     overrides = list(overrides or [])
-    if config is None:
+    implicit = config is None
+    if implicit:
         config = default_recipe()
     if cluster:
         overrides.append(f"cluster.kind={cluster}")
-    run_config = build_config(config, overrides, generator=generator, trainer=trainer, env=env)
+    run_config = build_config(config, overrides, generator=generator, trainer=trainer, env=env,
+                              warn_dropped=not implicit)
     return resolve_plan(run_config)
 
 
@@ -91,7 +93,15 @@ def run_cmd(
         return
     from rlx.run import run
 
-    run(plan)
+    try:
+        run(plan)
+    except KeyboardInterrupt as exc:  # typer turns an interrupt into a silent exit 130: say where the run stopped
+        _print_interrupt(exc)
+        raise typer.Exit(130) from None
+
+
+def _print_interrupt(exc: KeyboardInterrupt) -> None:
+    err_console.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/yellow]", highlight=False)
 
 
 @plugins_app.command("list")
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt as exc:
-        err_console.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/yellow]", highlight=False)
+        _print_interrupt(exc)
         sys.exit(130)
 
 

@@ -99,6 +99,8 @@ class LoggingConfig(Strict):
     tensorboard: bool = True
     wandb_project: str | None = None
     progress: bool = True
+    rollouts_per_step: int = Field(2, ge=0, description="prompts per step whose completions go to rollouts.jsonl (0 = off)")
+    plot: bool = Field(True, description="write metrics.png (rlx plot) at the end of a run, when matplotlib is installed")
 
 
 class RayConfig(Strict):
@@ -194,18 +196,35 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if resolved in _seen:
         raise ConfigError(f"config defaults form a cycle: {' -> '.join(str(p) for p in (*_seen, resolved))}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file ({exc})") from exc
+    if data is None:
+        raise ConfigError(
+            f"{path} is empty: a recipe is a mapping of settings (e.g. `steps: 100`, `defaults: [base.yaml]`). "
+            "Without --config, rlx runs the embedded default recipe"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a recipe must be a mapping of settings (key: value lines), but the file holds a "
+            f"{type(data).__name__} ({_shorten(data)})"
+        )
     defaults = data.pop("defaults", []) or []
     if isinstance(defaults, str):
         defaults = [defaults]
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise ConfigError(f"{path}: `defaults` must be a recipe path or a list of them, got {_shorten(defaults)}")
     merged: dict[str, Any] = {}
     for parent in defaults:
         merged = _merge(merged, load_yaml(path.parent / parent, (*_seen, resolved)))
     return _merge(merged, data)
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_value(raw: str) -> Any:
@@ -296,8 +315,13 @@ def build_config(
     generator: str | None = None,
     trainer: str | None = None,
     env: str | None = None,
+    warn_dropped: bool = True,
 ) -> RunConfig:
-    """Recipe file (or the defaults) + component choices + dotted overrides -> a validated RunConfig."""
+    """Recipe file (or the defaults) + component choices + dotted overrides -> a validated RunConfig.
+
+    A component choice that differs from the recipe's drops the recipe's options for the other component, with a
+    warning unless `warn_dropped` is off (the CLI turns it off for the embedded default recipe, which the user did
+    not write: `rlx run --env echo` means the echo environment with its own defaults)."""
     data = load_yaml(config_path) if config_path else {}
     _normalise_sections(data)
     for kind, choice in (("generator", generator), ("trainer", trainer), ("env", env)):
@@ -306,7 +330,7 @@ def build_config(
             if section.get("name") not in (None, choice):
                 # the recipe's options were written for another component: they are dropped, out loud
                 dropped = sorted(k for k in section if k != "name")
-                if dropped:
+                if dropped and warn_dropped:
                     log.warning(
                         "--%s %s replaces the recipe's %s '%s': its options %s are dropped (set %s options with "
                         "%s.KEY=VALUE)", "env" if kind == "env" else kind, choice, kind, section["name"],

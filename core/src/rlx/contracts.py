@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rlx.errors import ComponentError
+from rlx.errors import ComponentError, a_or_an
 from rlx.interfaces import Environment, Problem, Score, Split
 
 
@@ -28,7 +28,7 @@ class CheckedEnvironment:
         bad = next((i for i, p in enumerate(found) if not isinstance(p, Problem)), None)
         if bad is not None:
             raise ComponentError(
-                f"{self.label}: problems({split!r})[{bad}] is a {type(found[bad]).__name__}, not an rlx.Problem"
+                f"{self.label}: problems({split!r})[{bad}] is {a_or_an(type(found[bad]).__name__)}, not an rlx.Problem"
             )
         if split == "train" and not found:
             raise ComponentError(
@@ -57,7 +57,7 @@ class CheckedEnvironment:
 def check_scores(scores: object, expected: int, label: str) -> list[Score]:
     """`scores` as a list of `expected` Scores with finite float rewards, or a ComponentError saying what is off."""
     if not isinstance(scores, list | tuple):
-        raise ComponentError(f"{label}: score() returned a {type(scores).__name__}; it must return a list of rlx.Score")
+        raise ComponentError(f"{label}: score() returned {a_or_an(type(scores).__name__)}; it must return a list of rlx.Score")
     if len(scores) != expected:
         raise ComponentError(
             f"{label}: score() returned {len(scores)} scores for {expected} completions; it must return exactly one "
@@ -65,7 +65,7 @@ def check_scores(scores: object, expected: int, label: str) -> list[Score]:
         )
     for i, s in enumerate(scores):
         if not isinstance(s, Score):
-            raise ComponentError(f"{label}: score()[{i}] is a {type(s).__name__}, not an rlx.Score")
+            raise ComponentError(f"{label}: score()[{i}] is {a_or_an(type(s).__name__)}, not an rlx.Score")
         if isinstance(s.reward, bool) or not isinstance(s.reward, int | float) or not math.isfinite(s.reward):
             raise ComponentError(
                 f"{label}: score()[{i}] has reward {s.reward!r} (status {s.status!r}); rewards must be finite numbers "

@@ -22,6 +22,20 @@ class ComponentError(RlxError):
     """A component cannot be selected or built (unknown name, missing engine, broken plugin)."""
 
 
+class GenerationRequestError(RlxError, ValueError):
+    """A generation request is malformed (bad sampling settings, an empty prompt, a duplicate request id)."""
+
+
+class WeightPushIncompleteError(RlxError):
+    """A generator refuses to serve: its last weight push did not complete, so it may hold a mix of old and new
+    weights. A later push that completes clears it."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def a_or_an(word: str) -> str:
+    """`word` with its indefinite article: "an environment", "a generator", "an int"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -44,11 +44,47 @@ class Completion:
     `logprobs[i]` is log p(token_ids[i] | prompt, token_ids[:i]) under softmax(logits / temperature), i.e.
     after temperature and before top-k/top-p filtering: the same quantity the trainer computes, so the two
     can be compared token by token (the train-vs-generator mismatch metric).
+
+    `policy_version` is the weight version (`update_weights(..., version=v)`) that sampled the first token, None
+    where unknown (no versioned push yet). When weights changed while the completion was in flight (a partial
+    rollout), `version_switches` lists each change as (token_index, version): token_ids[token_index:] up to the
+    next switch were sampled by `version`. Empty when one version sampled every token, so `policy_version` is
+    always the oldest version in the completion (the one a staleness bound applies to).
     """
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: FinishReason
+    policy_version: int | None = None
+    version_switches: tuple[tuple[int, int | None], ...] = ()
+
+    def token_versions(self) -> tuple[int | None, ...]:
+        """The policy version that sampled each token (len == len(token_ids))."""
+        versions = [self.policy_version] * len(self.token_ids)
+        for index, version in self.version_switches:
+            versions[index:] = [version] * (len(versions) - index)
+        return tuple(versions)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete `params.n` times with its own sampling settings (per-request max_new_tokens, n,
+    seed); `id` names it in what `StreamingGenerator.collect` returns and must be unique among pending requests."""
+
+    id: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams = SamplingParams()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt_ids, tuple):  # accept any sequence of ints, keep the frozen tuple
+            object.__setattr__(self, "prompt_ids", tuple(int(t) for t in self.prompt_ids))
+
+
+class GenerationResult(NamedTuple):
+    """A finished request: its id and exactly `params.n` completions (unpacks as `(request_id, completions)`)."""
+
+    request_id: str
+    completions: list[Completion]
 
 
 NamedTensors = Iterable[tuple[str, "torch.Tensor"]]
@@ -62,11 +98,15 @@ class Generator(Protocol):
         """Return, for each prompt in order, exactly `params.n` completions."""
         ...
 
-    def update_weights(self, weights: NamedTensors) -> None:
+    def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
         """Load new policy weights in place (HF parameter names, full unsharded tensors).
 
         `weights` is an iterator: consume it once, in bounded-size buckets, never holding a second
-        full copy of the model. After this returns, `generate` samples from the new weights.
+        full copy of the model. After this returns, `generate` samples from the new weights, and completions
+        report `version` as their `policy_version`. If the push does not complete (it raises, or is abandoned),
+        the generator must refuse to serve (`rlx.errors.WeightPushIncompleteError`) until a later push completes:
+        it may hold a mix of old and new weights. `version` is optional: older plugins that take only `weights`
+        still work (`rlx.generation.push_weights` and the streaming adapter call them without it).
         """
         ...
 
@@ -83,7 +123,37 @@ class Generator(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------------------------- trainer
+@runtime_checkable
+class StreamingGenerator(Generator, Protocol):
+    """A Generator that also takes requests one by one and hands each back as soon as it finishes.
+
+    Optional: `rlx.generation.as_streaming(generator)` returns the generator itself when it has these methods,
+    else an adapter that serves them with batch `generate` calls, so a batch-only plugin works unchanged.
+    submit, collect, num_pending and update_weights may be called from different threads; update_weights waits
+    for the engine step (or, on the adapter, the `generate` call) in progress, never for a whole collect.
+    """
+
+    #: True: `update_weights` between collects keeps in-flight requests going under the new weights (partial
+    #: rollouts; their completions carry `version_switches`). False: it first finishes the requests in flight.
+    partial_rollouts: bool
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """Queue requests (each with its own SamplingParams); returns at once. Raises on a malformed request or
+        an id already pending, before queueing any of them."""
+        ...
+
+    def collect(self, *, min_results: int = 1, timeout_s: float | None = None) -> list[GenerationResult]:
+        """Every finished request not yet collected, in any order, once at least `min_results` of them (or every
+        pending one, if fewer are pending) have finished or `timeout_s` has passed (then possibly fewer, or none).
+        Engines that run in this process advance inside collect: timeout_s=0 polls without generating."""
+        ...
+
+    def num_pending(self) -> int:
+        """Requests submitted and not yet returned by collect (queued, running or finished)."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- trainer# --------------------------------------------------------------------------------------------- trainer
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Per-step metrics: JSON lines and TensorBoard events in the run's folder (W&B when configured), and a
-progress line on the terminal with the headline numbers."""
+"""Per-step metrics: JSON lines and TensorBoard events in the run's folder (W&B when configured), a progress line
+on the terminal with the headline numbers, and a few of each step's rollouts as text (`rollouts.jsonl`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from rlx.rollout import Sample
 
 
 class MetricsLogger:
@@ -103,16 +107,60 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def truncate_metrics(path: str | Path, last_step: int) -> None:
-    """Drop records after `last_step` (a resumed run logs those steps again), atomically."""
+class RolloutLog:
+    """`rollouts.jsonl`: the rollouts of the first `prompts_per_step` prompts of each step, one JSON line per
+    completion, so a person can read what the model writes and how it was scored (0 = off: nothing is written).
+
+    Each line: step, prompt_id, group (the prompt's index in the step), prompt (as the model saw it, chat template
+    included), completion, reward, status, correct, length (completion tokens), finish_reason."""
+
+    def __init__(self, path: str | Path, prompts_per_step: int, decode_prompt: Callable[[Sequence[int]], str]) -> None:
+        self.path = Path(path)
+        self.prompts_per_step = prompts_per_step
+        self.decode_prompt = decode_prompt
+
+    def write(self, step: int, groups: Sequence[Sequence[Sample]]) -> None:
+        if self.prompts_per_step <= 0 or not groups:
+            return
+        lines = []
+        for index, group in enumerate(groups[: self.prompts_per_step]):
+            prompt = self.decode_prompt(group[0].prompt_ids) if group else ""
+            for s in group:
+                lines.append(json.dumps({
+                    "step": step, "prompt_id": s.problem.id, "group": index, "prompt": prompt, "completion": s.text,
+                    "reward": s.score.reward, "status": s.score.status, "correct": s.score.solved,
+                    "length": s.num_model_tokens, "finish_reason": s.finish_reason,
+                }))
+        with self.path.open("a") as f:  # one write per step: a kill leaves at most one partial last line
+            f.write("".join(line + "\n" for line in lines))
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The JSON records of a JSON-lines file; a line that does not parse (a run killed mid-write) is skipped."""
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            out.append(record)
+    return out
+
+
+def truncate_steps(path: str | Path, last_step: int) -> None:
+    """Drop records after `last_step` (a resumed run logs those steps again) and any partial line, atomically."""
     path = Path(path)
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    kept = [record for record in _records(path) if record["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
     os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl (a partial last line, left by a killed run, is skipped)."""
+    return _records(Path(path))

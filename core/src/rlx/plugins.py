@@ -1,8 +1,9 @@
 """The plugin manager: builtin plugins first, then the `rlx` entry-point group, then check_pending().
 
 Builtin components register through the very same hooks as third-party ones. `RLX_DISABLE_PLUGINS=a,b`
-blocks plugins by name. A plugin that fails to import or to register is recorded as broken (shown by
-`rlx plugins list`) and does not stop a run that uses other components.
+blocks plugins by name. A plugin that fails to import, implements a hook rlx does not have (a typo such as
+`register_environment`), or fails to register is recorded as broken (shown by `rlx plugins list`) and does not stop
+a run that uses other components.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import importlib.metadata as md
 import os
 import types
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import pluggy
 
 from rlx import hookspecs
-from rlx.errors import PluginError
+from rlx.errors import PluginError, did_you_mean
 from rlx.interfaces import KINDS
 from rlx.registry import Catalog, ComponentRegistry, PluginInfo
 
@@ -53,7 +55,11 @@ class PluginManager:
             return
         if self.pm.has_plugin(info.name):
             raise PluginError(f"two plugins are named '{info.name}': {self.info[info.name].distribution} and {info.distribution}")
-        self.pm.register(plugin, name=info.name)
+        try:
+            self.pm.register(plugin, name=info.name)
+        except pluggy.PluginValidationError as exc:  # a known hook with the wrong arguments
+            self.broken.append(replace(info, error=f"{exc}. {_hook_help()}"))
+            return
         self.info[info.name] = info
 
     def load_builtins(self) -> None:
@@ -83,15 +89,19 @@ class PluginManager:
             self.register(plugin, info)
 
     def check_pending(self) -> None:
-        """Reject implementations of hooks that do not exist (a typo would otherwise be silently ignored)."""
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            name = self.pm.get_name(exc.plugin) or repr(exc.plugin)
-            raise PluginError(
-                f"plugin '{name}' implements a hook rlx does not have: {exc}. "
-                f"Known hooks: {', '.join(sorted(n for n in dir(hookspecs) if n.startswith('register_')))}"
-            ) from exc
+        """A plugin implementing a hook that does not exist (a typo would otherwise be silently ignored) is taken
+        out and recorded as broken, naming the hook and the closest real one; the other plugins keep working."""
+        for name, plugin in list(self.pm.list_name_plugin()):
+            unknown = sorted(c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec())
+            if not unknown:
+                continue
+            self.pm.unregister(plugin)
+            hints = "".join(did_you_mean(hook, HOOK_NAMES) for hook in unknown)
+            self.broken.append(replace(
+                self.info.pop(name),
+                error=f"implements {', '.join(repr(h) for h in unknown)}, which rlx does not have.{hints} {_hook_help()}",
+            ))
+        self.pm.check_pending()  # anything left that pluggy still rejects is rlx's own bug: let it raise
 
     def collect(self) -> Catalog:
         """Call every collector hook, one plugin at a time, so each component knows its plugin."""
@@ -113,6 +123,13 @@ class PluginManager:
 
     def add_commands(self, app: Any) -> None:
         self.pm.hook.register_commands(app=app)
+
+
+HOOK_NAMES = tuple(sorted(n for n, obj in vars(hookspecs).items() if n.startswith("register_") and callable(obj)))
+
+
+def _hook_help() -> str:
+    return f"rlx's hooks: {', '.join(HOOK_NAMES)} (see docs/plugins.md)"
 
 
 def load_plugins(extra: Iterable[tuple[Any, PluginInfo]] = ()) -> PluginManager:

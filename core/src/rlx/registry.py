@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlx.errors import ComponentError, PluginError, RlxError
+from rlx.errors import ComponentError, PluginError, RlxError, a_or_an
 from rlx.interfaces import KINDS, ComponentKind, ModelSpec
 
 
@@ -94,7 +94,7 @@ def _factory_kwargs(kind: ComponentKind, ctx: BuildContext) -> dict[str, Any]:
     if kind == "environment":
         return {"seed": ctx.seed}
     if ctx.model is None:
-        raise ValueError(f"building a {kind} needs BuildContext.model")
+        raise ValueError(f"building {a_or_an(kind)} needs BuildContext.model")
     if kind == "trainer":
         return {"model": ctx.model, "seed": ctx.seed, "with_reference": ctx.with_reference}
     return {"model": ctx.model, "seed": ctx.seed}
@@ -149,7 +149,7 @@ class ComponentRegistry:
         if name in self._sink:
             other = self._sink[name].plugin
             raise PluginError(
-                f"two plugins register a {self.kind} named '{name}': {other.distribution} "
+                f"two plugins register {a_or_an(self.kind)} named '{name}': {other.distribution} "
                 f"(plugin '{other.name}', {other.module}) and {self._plugin.distribution} "
                 f"(plugin '{self._plugin.name}', {self._plugin.module}); uninstall or disable one "
                 f"(RLX_DISABLE_PLUGINS={self._plugin.name})"

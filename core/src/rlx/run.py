@@ -26,6 +26,7 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
     """Train; return a summary (paths and final metrics)."""
     cfg, console = plan.config, console or Console()
     rundir = RunDir.prepare(cfg)
+    rundir.check_resume(plan, console, model_resolved=False)
     quiet_libraries()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -38,6 +39,7 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
     try:
         model = resolve_model(cfg.model, env, seed=cfg.seed, console=console)
         cfg.model.path = model.path  # the saved config names the resolved folder (export and resume need it)
+        rundir.check_resume(plan, console, model_resolved=True)
         rundir.write_config(plan.to_yaml())
         encoder = PromptEncoder(load_tokenizer(model), model.max_seq_len)
         train = fitting_problems(env, encoder, "train", console=console)
@@ -55,6 +57,7 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
         with rundir.logger(loop.step, console) as logger:
             summary["metrics"] = str(logger.jsonl_path)
             summary["final"] = train_steps(loop, rundir, logger, components, console)
+        summary["rollouts"] = str(rundir.path / "rollouts.jsonl") if cfg.logging.rollouts_per_step else None
         if cfg.checkpoint.export_hf:
             summary.update(rundir.export(components.trainer, loop.step))
     except KeyboardInterrupt:
@@ -65,6 +68,8 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
         if components is None or components.env is not env:
             env.close()
     summary["wall_time_s"] = time.time() - t_start
+    if cfg.logging.plot:
+        summary["plot"] = write_plot(rundir, console)
     report(summary, rundir, console)
     return summary
 
@@ -73,6 +78,8 @@ def train_steps(loop: GRPOLoop, rundir: RunDir, logger: MetricsLogger, component
                 console: Console) -> dict[str, float]:
     """GRPO steps up to `steps`, with validation and checkpoints at their periods and at the last step."""
     cfg = rundir.config
+    tokenizer = loop.encoder.tokenizer
+    rollouts = rundir.rollout_log(lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False))
     last: dict[str, float] = {}
     if loop.step == 0 and cfg.validation.period:
         first = loop.validate()
@@ -87,6 +94,7 @@ def train_steps(loop: GRPOLoop, rundir: RunDir, logger: MetricsLogger, component
         if cfg.validation.period and (result.step % cfg.validation.period == 0 or is_last):
             last.update(loop.validate())
         logger.log(result.step, last)
+        rollouts.write(result.step, result.samples)
         if is_last or (cfg.checkpoint.period and result.step % cfg.checkpoint.period == 0):
             rundir.save(result.step, components.trainer, {"data": loop.cursor.state(), "metrics": last})
     return last
@@ -110,9 +118,30 @@ def report(summary: dict[str, Any], rundir: RunDir, console: Console) -> None:
         console.print(f"final reward {last.get('reward/mean', float('nan')):.3f}"
                       + (f", validation accuracy {last['val/accuracy']:.3f}" if "val/accuracy" in last else ""))
     if "metrics" in summary:
-        console.print(f"metrics: {summary['metrics']} (TensorBoard: {rundir.path / 'tensorboard'})")
+        tensorboard = f" (TensorBoard: {rundir.path / 'tensorboard'})" if rundir.config.logging.tensorboard else ""
+        console.print(f"metrics: {summary['metrics']}{tensorboard}")
+    if summary.get("rollouts"):
+        console.print(f"sample rollouts: {summary['rollouts']}")
+    if summary.get("plot"):
+        console.print(f"plot: {summary['plot']}")
+    elif "metrics" in summary:
+        console.print(f"plot the curves with: rlx plot {rundir.path}")
     if "model" in summary:
         console.print(f"model (Hugging Face format): {summary['model']} (best checkpoint: {summary['best_model']})")
+
+
+def write_plot(rundir: RunDir, console: Console) -> str | None:
+    """metrics.png beside metrics.jsonl when matplotlib is installed (`rlx[plot]`); a plot never fails a run."""
+    from rlx.plot import PlotUnavailable, plot_run
+
+    try:
+        return str(plot_run(rundir.path))
+    except PlotUnavailable:
+        return None
+    except Exception as exc:  # noqa: BLE001 - the run's results are written; the picture is a convenience
+        console.print(f"[yellow]could not draw the plot ({type(exc).__name__}: {exc}); rlx plot {rundir.path} "
+                      "retries[/yellow]")
+        return None
 
 
 def quiet_libraries() -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from sglang_fake import EOS, VOCAB, FakeBroadcaster, FakeSGLangEngine, fake_flattened_encoder
 
-from rlx.errors import ComponentError
+from rlx.errors import ComponentError, WeightPushIncompleteError
 from rlx.interfaces import Completion, Generator, ModelSpec, SamplingParams
 from rlx_sglang.generator import (
     SGLangGenerator,
@@ -139,27 +139,6 @@ def test_a_stop_token_sampled_as_the_last_allowed_token_is_a_stop():
     assert plain[0].token_ids == (9,) and plain[0].finish_reason == "length"
 
 
-def test_model_eos_token_ids_reads_config_generation_config_and_tokenizer(tmp_path):
-    import json
-
-    from transformers import AutoTokenizer
-
-    from rlx.testing.fixtures import make_tiny_model
-    from rlx_sglang.generator import model_eos_token_ids
-
-    folder = make_tiny_model(tmp_path / "m")
-    tokenizer_eos = AutoTokenizer.from_pretrained(folder).eos_token_id
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
-    config["eos_token_id"] = 7
-    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 11]}))
-    spec = ModelSpec(path=folder)
-    assert model_eos_token_ids(spec, with_tokenizer=True) == {7, 11, tokenizer_eos}
-    assert model_eos_token_ids(spec, with_tokenizer=False) == {7, 11}
-    (tmp_path / "m" / "generation_config.json").unlink()
-    assert model_eos_token_ids(spec, with_tokenizer=False) == {7}
-
-
 def test_aborted_request_raises_with_the_engine_message():
     gen, engine = make()
     engine.abort_next = "The input (5000 tokens) is longer than the model's context length (4096 tokens)."
@@ -251,6 +230,19 @@ def test_update_weights_failure_and_empty_stream_raise():
     engine.fail_update = None
     with pytest.raises(ValueError, match="empty"):
         gen.update_weights(iter([]))
+
+
+def test_a_failed_push_refuses_to_serve_until_a_push_completes_and_versions_are_reported():
+    gen, engine = make()
+    engine.fail_update = "Failed to update parameter online: shape mismatch"
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        gen.update_weights(iter(_new_weights()), version=4)
+    with pytest.raises(WeightPushIncompleteError, match="version 4 did not complete"):
+        gen.generate([[1]], SamplingParams(max_new_tokens=2))
+    engine.fail_update = None
+    gen.update_weights(iter(_new_weights()), version=5)
+    (group,) = gen.generate([[1]], SamplingParams(n=2, max_new_tokens=2))
+    assert [c.policy_version for c in group] == [5, 5]
 
 
 @pytest.mark.parametrize("weight_format", ["flattened_bucket", "named_tensors"])

@@ -1,24 +1,79 @@
-"""The generator's sleep/wake order and weight-update paths, on a recording stand-in for `vllm.LLM`.
+"""The generator's sleep/wake order, weight-update paths and in-flight bookkeeping, on a recording stand-in for
+`vllm.LLM` (and its `llm_engine`).
 
-These paths need CUDA sleep mode or worker processes; the stand-in checks the calls the plugin makes, in order.
-Needs torch, not vllm.
+These paths need CUDA sleep mode, worker processes or an older vLLM; the stand-in checks the calls the plugin
+makes, in order. Needs torch, not vllm.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
-from rlx_vllm.generator import VLLMGenerator
+from rlx.interfaces import GenerationRequest, SamplingParams
+from rlx_vllm.generator import VLLMGenerator, to_completion
 from rlx_vllm.plugin import VLLMConfig
 from rlx_vllm.worker_ext import pack_bucket, unpack_bucket
+
+
+@dataclass
+class Span:
+    version: str
+    start: int
+    end: int
+
+
+@dataclass
+class FakeOutput:
+    """A finished vLLM CompletionOutput: one token per step, logprob -0.5 each."""
+
+    token_ids: list[int]
+    finish_reason: str = "length"
+    index: int = 0
+    weight_versions: list[Span] | None = None
+    logprobs: list[dict[int, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logprobs = [{t: SimpleNamespace(logprob=-0.5)} for t in self.token_ids]
+
+
+class RecordingEngine:
+    """`llm.llm_engine`: requests finish one per `step()`, oldest first; an in-process engine core."""
+
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.calls = calls
+        self.requests: list[str] = []
+        self.engine_core = SimpleNamespace(engine_core=self)  # InprocClient: no call_utility
+
+    def add_request(self, request_id: str, prompt: dict, params: Any) -> None:
+        self.requests.append(request_id)
+
+    def step(self) -> list[Any]:
+        self.calls.append(("step",))
+        request_id = self.requests.pop(0)
+        return [SimpleNamespace(request_id=request_id, finished=True, outputs=[FakeOutput([7, 8])])]
+
+    def abort_request(self, request_ids: list[str]) -> None:
+        self.requests = [r for r in self.requests if r not in request_ids]
+
+    def pause_scheduler(self, mode: str, clear_cache: bool) -> None:
+        self.calls.append(("pause_scheduler", mode, clear_cache))
+
+    def resume_scheduler(self) -> None:
+        self.calls.append(("resume_scheduler",))
+
+    def set_weight_version(self, label: str) -> None:
+        self.calls.append(("set_weight_version", label))
 
 
 class RecordingLLM:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.llm_engine = RecordingEngine(self.calls)
 
     def sleep(self, level: int = 1) -> None:
         self.calls.append(("sleep", level))
@@ -26,8 +81,9 @@ class RecordingLLM:
     def wake_up(self, tags: list[str] | None = None) -> None:
         self.calls.append(("wake_up", tuple(tags or ())))
 
-    def reset_prefix_cache(self) -> None:
-        self.calls.append(("reset_prefix_cache",))
+    def reset_prefix_cache(self, reset_running_requests: bool = False) -> bool:
+        self.calls.append(("reset_prefix_cache", "running") if reset_running_requests else ("reset_prefix_cache",))
+        return True
 
     def collective_rpc(self, method: str, args: tuple = ()) -> list[Any]:
         if method == "rlx_reload_weights":
@@ -49,9 +105,9 @@ def _generator(direct: bool, sleep_enabled: bool = True, bucket_mb: int = 1) -> 
     generator.llm = llm  # type: ignore[assignment]
     generator.sleep_enabled = sleep_enabled
     generator.direct = direct
-    generator.asleep = set()
-    generator.last_update = {}
-    generator._rpc_thread = None
+    generator.max_model_len = 64
+    generator._init_state()
+    generator.sampling_params = lambda params: params  # type: ignore[method-assign] # vllm's own is not needed
     return generator, llm
 
 
@@ -132,3 +188,57 @@ def test_pack_and_unpack_keep_names_dtypes_shapes_and_values() -> None:
         assert torch.equal(got, want)
     with pytest.raises(ValueError, match="bytes"):
         unpack_bucket(metadata, flat[:-1])
+
+
+# ------------------------------------------------------------------------------------------ in flight
+
+
+def _submit(generator: VLLMGenerator, *ids: str) -> None:
+    generator.submit([GenerationRequest(i, (1, 2, 3), SamplingParams(max_new_tokens=2)) for i in ids])
+
+
+def test_in_flight_update_pauses_recomputes_running_kv_and_labels_the_version() -> None:
+    generator, llm = _generator(direct=True)
+    generator.partial_rollouts = True
+    _submit(generator, "a", "b")
+    generator.update_weights(iter(_weights(count=1)), version=4)
+    assert llm.calls == [
+        ("pause_scheduler", "keep", False),
+        ("rlx_reload_weights", ("layer0.weight",)),
+        ("reset_prefix_cache", "running"),
+        ("set_weight_version", "4"),
+        ("resume_scheduler",),
+    ]
+    assert generator.num_pending() == 2
+    assert sorted(r.request_id for r in generator.collect(min_results=2)) == ["a", "b"]
+
+
+def test_a_vllm_without_version_labels_finishes_in_flight_requests_before_an_update() -> None:
+    generator, llm = _generator(direct=True)
+    generator.update_weights(iter(_weights(count=1)), version=3)
+    _submit(generator, "a", "b")
+    llm.calls.clear()
+    generator.update_weights(iter(_weights(count=1)), version=4)
+    assert [c[0] for c in llm.calls] == ["step", "step", "rlx_reload_weights", "reset_prefix_cache"]
+    results = generator.collect(min_results=2)
+    assert sorted(r.request_id for r in results) == ["a", "b"]
+    assert {c.policy_version for r in results for c in r.completions} == {3}  # sampled before version 4 landed
+    assert generator.num_pending() == 0 and generator.collect() == []
+
+
+def test_sleep_refuses_while_requests_are_in_flight() -> None:
+    generator, llm = _generator(direct=True)
+    _submit(generator, "a")
+    with pytest.raises(RuntimeError, match="1 request.s. in flight"):
+        generator.sleep()
+    generator.collect()
+    generator.sleep()
+    assert llm.calls[-1] == ("sleep", 1)
+
+
+def test_weight_version_spans_become_the_policy_version_and_switches() -> None:
+    spans = [Span("default", 0, 2), Span("5", 2, 3), Span("6", 3, 5)]
+    completion = to_completion(FakeOutput([1, 2, 3, 4, 5], weight_versions=spans), version=9)
+    assert completion.policy_version is None and completion.version_switches == ((2, 5), (3, 6))
+    assert completion.token_versions() == (None, None, 5, 6, 6)
+    assert to_completion(FakeOutput([1, 2]), version=9).policy_version == 9  # a vLLM without spans

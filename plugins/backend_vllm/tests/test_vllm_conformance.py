@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 
-from rlx.interfaces import Generator, ModelSpec, SamplingParams
+from rlx.interfaces import GenerationRequest, Generator, ModelSpec, SamplingParams
 from rlx.testing import GeneratorConformance, TinyModels, iter_safetensors
 
 pytestmark = [
@@ -126,5 +126,16 @@ def test_engine_in_worker_processes_follows_weights(tiny_models_dir: str, tmp_pa
         assert after != before
         (margins,) = greedy_margins(models.other, [(prompt, list(after[0][0].token_ids))])
         assert max(margins) <= 1e-3
+        # streaming across a push: the engine core steps on its own, so the update pauses it (call_utility)
+        assert generator.partial_rollouts
+        generator.update_weights(iter_safetensors(models.base), version=1)
+        generator.submit([GenerationRequest("long", prompt, SamplingParams(temperature=0.0, max_new_tokens=200)),
+                          GenerationRequest("short", [1, 5, 6], SamplingParams(temperature=0.0, max_new_tokens=1))])
+        assert [r.request_id for r in generator.collect(min_results=1)][0] == "short"
+        generator.update_weights(iter_safetensors(models.other), version=2)
+        results = {r.request_id: r.completions for r in generator.collect(min_results=generator.num_pending())}
+        (long,) = results["long"]
+        assert len(long.token_ids) == 200 and long.token_versions()[-1] == 2
+        assert long.policy_version in (1, 2) and set(long.token_versions()) <= {1, 2}
     finally:
         generator.close()

@@ -1,4 +1,4 @@
-"""The `math` component as rlx sees it: registration, cheap import, the Environment contract, warnings, pass@k."""
+"""The `math` component as rlx sees it: registration, cheap import, the Environment contract, warnings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from rlx.interfaces import Environment, Problem
 from rlx_math.env import AllGradingFailedWarning, MathEnvironment
-from rlx_math.metrics import mean_pass_at_k, pass_at_k
 from rlx_math.plugin import MathEnvConfig
 
 
@@ -79,17 +78,3 @@ def test_score_rejects_mismatched_lengths_and_handles_duplicates() -> None:
 def test_bad_gold_is_an_error_not_a_crash() -> None:
     env = MathEnvironment(MathEnvConfig(num_workers=0), seed=0)
     assert env.score([_problem("   ")], ["\\boxed{1}"])[0].status == "error"
-
-
-def test_pass_at_k() -> None:
-    assert pass_at_k(10, 0, 1) == 0.0
-    assert pass_at_k(10, 10, 5) == 1.0
-    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
-    # 1 - C(7,2)/C(10,2) = 1 - 21/45
-    assert pass_at_k(10, 3, 2) == pytest.approx(1 - 21 / 45)
-    assert pass_at_k(4, 2, 3) == 1.0  # only 2 wrong samples: every 3-subset has a correct one
-    assert mean_pass_at_k([0, 10], n=10, k=1) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        pass_at_k(5, 6, 1)
-    with pytest.raises(ValueError):
-        pass_at_k(5, 1, 6)

@@ -1,12 +1,14 @@
 """Table-driven grading test: (gold, completion) -> the reward a careful human grader gives.
 
 Every row goes through the real path (MathEnvironment.score -> verifier processes), in one batch.
-Excluded on purpose (math-verify and humans may disagree; graders differ): rounded decimals of irrational
-answers ("1.5708" for pi/2, "0.333333" for 1/3) and truncated final boxes ("\\boxed{6" after "\\boxed{5}").
+A decimal is the exact number it shows: "0.333333" is not 1/3 and "1.5708" is not pi/2 (math-verify alone
+accepts both: it compares floats to 6 places); "0.\\overline{3}" and "0.333..." are 1/3. Excluded on purpose
+(graders differ): truncated final boxes ("\\boxed{6" after "\\boxed{5}").
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -111,11 +113,101 @@ CASES: list[tuple[str, str, str, float, tuple[str, ...] | None]] = [
     ("gigantic-no-answer", "5", "x" * 2_000_000, 0.0, ("no_answer",)),
     ("gigantic-number", "5", "\\boxed{" + "1" * 100_000 + "}", 0.0, None),
     ("gigantic-expression-nobox", "5", "1+" * 300_000 + "1", 0.0, None),
-    # LaTeX that makes the parser/verifier hang or crash: 0, counted as timeout/error, never a hang
-    ("hang-power-tower", "5", "\\boxed{9^{9^{9^{9}}}}", 0.0, HANG),
-    ("hang-factorials", "5", "\\boxed{100!!!!}", 0.0, HANG),
-    ("hang-parentheses", "5", "\\boxed{" + "(" * 60 + "1" + ")" * 60 + "}", 0.0, HANG),
-    ("deep-nesting", "5", "\\boxed{" + "\\frac{1}{" * 400 + "2" + "}" * 400 + "}", 0.0, HANG + ("wrong",)),
+    # LaTeX that makes sympy hang or crash: ruled out without sympy (magnitude bounds, exact arithmetic, size)
+    ("hang-power-tower", "5", "\\boxed{9^{9^{9^{9}}}}", 0.0, ("wrong",)),
+    ("hang-factorials", "5", "\\boxed{100!!!!}", 0.0, ("wrong",)),
+    ("hang-parentheses", "5", "\\boxed{" + "(" * 60 + "1" + ")" * 60 + "}", 0.0, ("wrong",)),
+    ("deep-nesting", "5", "\\boxed{" + "\\frac{1}{" * 400 + "2" + "}" * 400 + "}", 0.0, ("wrong",)),
+    ("huge-binomial", "42", "\\boxed{\\binom{85603577131}{42801788565}}", 0.0, ("wrong",)),
+    ("huge-product", "42", "\\boxed{\\prod_{k=1}^{768589336041} k}", 0.0, ("wrong",)),
+    ("tower-vs-interval", "(1, 2]", "\\boxed{34^{7^{94}} - 2}", 0.0, ("wrong",)),
+    ("control-bytes", "5", "\\boxed{5\x00\x07}", 0.0, ("wrong",)),
+    # what sympy still cannot finish in time: 0, counted as timeout/error, never a hang
+    ("hang-integral", "5", "\\boxed{\\int_0^{\\infty} e^{-x^{435}} dx}", 0.0, HANG),
+    # units and symbols next to the number
+    ("unit-bare-cm", "5", "\\boxed{5 cm}", 1.0, None),
+    ("unit-mathrm", "5", "\\boxed{5\\,\\mathrm{cm}}", 1.0, None),
+    ("unit-squared", "5", "\\boxed{5\\text{ cm}^2}", 1.0, None),
+    ("unit-both-same", "5 \\text{ cm}", "\\boxed{5 \\text{ centimeters}}", 1.0, None),
+    ("unit-gold-only", "5 \\text{ cm}", "\\boxed{5}", 1.0, None),
+    ("unit-different", "5 \\text{ cm}", "\\boxed{5 \\text{ m}}", 0.0, ("wrong",)),
+    ("unit-area-vs-length", "5 \\text{ cm}^2", "\\boxed{5 \\text{ cm}}", 0.0, ("wrong",)),
+    ("unit-right-number-wrong", "12", "\\boxed{13 \\text{ inches}}", 0.0, ("wrong",)),
+    ("dollar-bare", "5", "\\boxed{$5}", 1.0, None),
+    ("dollar-cents", "1.5", "\\boxed{\\$1.50}", 1.0, None),
+    ("dollar-words", "\\$18", "\\boxed{18 \\text{ dollars}}", 1.0, None),
+    ("percent-symbol", "5", "\\boxed{5\\%}", 1.0, None),
+    ("percent-decimal", "12.5", "\\boxed{12.5\\%}", 1.0, None),
+    ("percent-as-fraction", "0.5", "\\boxed{50\\%}", 1.0, None),
+    ("percent-wrong", "12.5", "\\boxed{13.5\\%}", 0.0, ("wrong",)),
+    ("degrees-90", "90", "\\boxed{90^\\circ}", 1.0, None),
+    ("degrees-unicode", "90", "\\boxed{90°}", 1.0, None),
+    ("degrees-command", "90^\\circ", "\\boxed{90\\degree}", 1.0, None),
+    ("degrees-vs-radians", "30^\\circ", "\\boxed{30 \\text{ radians}}", 0.0, ("wrong",)),
+    # repeating decimals, and near misses that are not the exact answer
+    ("repeating-overline", "\\frac{1}{3}", "\\boxed{0.\\overline{3}}", 1.0, None),
+    ("repeating-bar", "\\frac{1}{3}", "\\boxed{0.\\bar{3}}", 1.0, None),
+    ("repeating-block", "\\frac{1}{7}", "\\boxed{0.\\overline{142857}}", 1.0, None),
+    ("repeating-after-fixed", "\\frac{1}{6}", "\\boxed{0.1\\overline{6}}", 1.0, None),
+    ("repeating-ellipsis", "\\frac{1}{3}", "\\boxed{0.333\\ldots}", 1.0, None),
+    ("repeating-dots", "\\frac{2}{3}", "\\boxed{0.666...}", 1.0, None),
+    ("repeating-paren", "\\frac{1}{3}", "\\boxed{0.(3)}", 1.0, None),
+    ("repeating-mixed", "\\frac{4}{3}", "\\boxed{1.\\overline{3}}", 1.0, None),
+    ("repeating-wrong", "\\frac{1}{3}", "\\boxed{0.\\overline{6}}", 0.0, ("wrong",)),
+    ("rounded-third", "\\frac{1}{3}", "\\boxed{0.333333}", 0.0, ("wrong",)),
+    ("rounded-half-pi", "\\frac{\\pi}{2}", "\\boxed{1.5708}", 0.0, ("wrong",)),
+    ("rounded-root", "\\frac{\\sqrt{2}}{2}", "\\boxed{0.707107}", 0.0, ("wrong",)),
+    ("truncated-pi", "\\pi", "\\boxed{3.14159\\ldots}", 0.0, ("wrong",)),
+    ("near-integer", "5", "\\boxed{5.1}", 0.0, ("wrong",)),
+    ("near-integer-tiny", "5", "\\boxed{5.0000001}", 0.0, ("wrong",)),
+    ("decimal-exact", "\\frac{1}{8}", "\\boxed{0.125}", 1.0, None),
+    ("decimal-trailing-zeros", "2.5", "\\boxed{2.500}", 1.0, None),
+    # words inside the box
+    ("text-number-noun", "5", "\\boxed{\\text{5 apples}}", 1.0, None),
+    ("text-number-only", "5", "\\boxed{\\text{5}}", 1.0, None),
+    ("text-noun-plural", "5 \\text{ apples}", "\\boxed{5 \\text{ apple}}", 1.0, None),
+    ("text-other-noun", "5 \\text{ apples}", "\\boxed{5 \\text{ oranges}}", 0.0, ("wrong",)),
+    ("text-wrong-number", "5", "\\boxed{\\text{6 apples}}", 0.0, ("wrong",)),
+    ("assignment-spaced", "5", "\\boxed{x=5}", 1.0, None),
+    ("assignment-wrong", "5", "\\boxed{x = 6}", 0.0, ("wrong",)),
+    ("text-word-answer", "\\text{Monday}", "\\boxed{\\text{Monday}}", 1.0, None),
+    # trailing punctuation
+    ("trailing-period", "5", "\\boxed{5.}", 1.0, None),
+    ("trailing-comma", "5", "\\boxed{5,}", 1.0, None),
+    ("trailing-period-frac", "\\frac{1}{2}", "\\boxed{\\frac{1}{2}.}", 1.0, None),
+    ("trailing-period-expr", "x^2", "\\boxed{x^2.}", 1.0, None),
+    ("trailing-quad", "7", "\\boxed{7\\quad}", 1.0, None),
+    ("factorial-stays", "120", "\\boxed{5!}", 1.0, None),
+    ("factorial-not-punctuation", "5", "\\boxed{5!}", 0.0, ("wrong",)),
+    # long but valid expressions
+    ("long-sum-of-integers", "5050", "\\boxed{" + "+".join(str(i) for i in range(1, 101)) + "}", 1.0, None),
+    (
+        "long-sum-of-fractions",
+        "\\frac{1023}{1024}",
+        "\\boxed{" + "+".join(f"\\frac{{1}}{{{2**i}}}" for i in range(1, 11)) + "}",
+        1.0,
+        None,
+    ),
+    (
+        "long-polynomial",
+        "(x+1)^{12}",
+        "\\boxed{" + "+".join(f"{math.comb(12, k)}x^{{{k}}}" for k in range(13)) + "}",
+        1.0,
+        None,
+    ),
+    (
+        "long-polynomial-off-by-one",
+        "(x+1)^{12}",
+        "\\boxed{" + "+".join(f"{math.comb(12, k) + (k == 6)}x^{{{k}}}" for k in range(13)) + "}",
+        0.0,
+        ("wrong",),
+    ),
+    ("long-product", "3628800", "\\boxed{" + "\\cdot ".join(str(i) for i in range(1, 11)) + "}", 1.0, None),
+    ("big-power", "1024", "\\boxed{2^{10}}", 1.0, None),
+    ("big-integer-exact", str(2**200), "\\boxed{2^{200}}", 1.0, None),
+    ("big-integer-off", str(2**200 + 1), "\\boxed{2^{200}}", 0.0, ("wrong",)),
+    ("small-sum-notation", "5050", "\\boxed{\\sum_{k=1}^{100} k}", 1.0, None),
+    ("repetition-loop", "5", "\\boxed{" + "5 " * 2000 + "}", 0.0, ("wrong",)),
 ]
 
 

@@ -46,7 +46,7 @@ def test_answer_region() -> None:
 
 def test_normalise_boxed_thousands() -> None:
     assert normalise_boxed(" 1\\,234\\,567 ") == "1234567"
-    assert normalise_boxed("1{,}000.5") == "1000.5"
+    assert normalise_boxed("1{,}000.5") == "\\frac{2001}{2}"  # decimals become exact fractions
     assert normalise_boxed("1, 2") == "1, 2"  # a list, not a number with separators
     assert normalise_boxed("12,34") == "12,34"
 

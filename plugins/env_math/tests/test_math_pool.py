@@ -58,8 +58,9 @@ def test_hanging_verification_is_killed_and_scoring_goes_on() -> None:
 
 
 def test_soft_timeout_inside_worker_on_real_pathological_latex() -> None:
-    # 9^(9^(9^9)) makes sympy compute forever; the worker's own timer stops it before the hard kill
-    pool = VerifierPool(1, GradeOptions(timeout_s=1.0), kill_grace_s=30.0)
+    # 9^(9^(9^9)) makes sympy compute forever (the fast paths, off here, rule it out without sympy);
+    # the worker's own timer stops it before the hard kill
+    pool = VerifierPool(1, GradeOptions(timeout_s=1.0, fast_paths=False), kill_grace_s=30.0)
     try:
         start = time.monotonic()
         statuses = pool.grade([("5", "\\boxed{9^{9^{9^{9}}}}"), ("5", "\\boxed{5}")])
@@ -99,7 +100,7 @@ def test_close_stops_every_worker() -> None:
 
 
 def test_inline_mode_grades_in_process() -> None:
-    pool = VerifierPool(0, GradeOptions(timeout_s=1.0), grade_fn=hang_or_grade)
+    pool = VerifierPool(0, GradeOptions(timeout_s=1.0, fast_paths=False), grade_fn=hang_or_grade)
     assert pool.grade([("1", "\\boxed{1}"), ("1", "RAISE"), ("2", "\\boxed{9^{9^{9^{9}}}}")]) == [
         "correct",
         "error",

@@ -1,5 +1,5 @@
-"""The builtin sub-commands `rlx eval` and `rlx export`, added through the `register_commands` hook like any
-plugin's commands. Heavy imports happen inside the command bodies only."""
+"""The builtin sub-commands `rlx eval`, `rlx export` and `rlx plot`, added through the `register_commands` hook
+like any plugin's commands. Heavy imports happen inside the command bodies only."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import typer
 def add_commands(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
     app.command("export")(export_cmd)
+    app.command("plot")(plot_cmd)
+
+
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace the destination even if rlx did not write it")]
 
 
 def eval_cmd(
@@ -26,11 +30,15 @@ def eval_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="completion length cap")] = 1024,
     max_problems: Annotated[int | None, typer.Option(help="evaluate only the first N problems")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for result.json and per_problem.jsonl")] = Path("eval"),
+    overwrite: OverwriteOpt = False,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="recipe for env/generator/model options")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. env.validation=aime.jsonl")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
 ) -> None:
     """Evaluate a model on an environment's problems: accuracy (avg@k), pass@k; writes JSON results."""
+    from rlx.outputs import check_replaceable, writing_folder
+
+    check_replaceable(out, kind="eval", what="--out", overwrite=overwrite)  # before anything is imported or loaded
     from rich.console import Console
 
     from rlx.config import build_config
@@ -72,13 +80,12 @@ def eval_cmd(
     finally:
         gen.close()
         environment.close()
-    out.mkdir(parents=True, exist_ok=True)
     summary = {"model": spec.path, "env": env, "generator": generator, "split": split, "samples": samples,
                "temperature": temperature, "top_p": top_p, "max_new_tokens": params.max_new_tokens, **result.summary}
-    (out / "result.json").write_text(json.dumps(summary, indent=2))
-    with (out / "per_problem.jsonl").open("w") as f:
-        for row in result.per_problem:
-            f.write(json.dumps(row) + "\n")
+    with writing_folder(out, kind="eval", what="--out", overwrite=overwrite) as staging:
+        staging.mkdir()
+        (staging / "result.json").write_text(json.dumps(summary, indent=2))
+        (staging / "per_problem.jsonl").write_text("".join(json.dumps(row) + "\n" for row in result.per_problem))
     for key in sorted(k for k in result.summary if k.startswith(("accuracy", "avg@", "pass@"))):
         console.print(f"  {key:<10} {result.summary[key]:.4f}")
     console.print(f"results: {out / 'result.json'}, per problem: {out / 'per_problem.jsonl'}")
@@ -87,9 +94,27 @@ def eval_cmd(
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="a checkpoint folder (runs/x/checkpoints/step_N) or a run folder")],
     out: Annotated[Path, typer.Argument(help="where to write the Hugging Face folder")],
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Export a checkpoint as a Hugging Face model folder (safetensors, config, tokenizer, generation config)."""
+    """Export a checkpoint as a Hugging Face model folder (safetensors, config, tokenizer, generation config).
+
+    OUT may be an earlier rlx export (replaced whole, the new one written first); anything else there is refused
+    unless --overwrite."""
+    from rlx.outputs import check_replaceable
+
+    check_replaceable(out, kind="hf-export", what="export destination", overwrite=overwrite)  # before torch loads
     from rlx.export import export_checkpoint
 
-    path = export_checkpoint(checkpoint, out)
+    path = export_checkpoint(checkpoint, out, overwrite=overwrite)
     typer.echo(f"exported {path}")
+
+
+def plot_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run's output_dir (holding metrics.jsonl)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path (default: RUN_DIR/metrics.png)")] = None,
+) -> None:
+    """Plot a run's headline curves (reward, validation, response length, clip fraction, log-prob mismatch, step
+    time by phase) into one PNG. Needs matplotlib: pip install 'rlx[plot]'."""
+    from rlx.plot import plot_run
+
+    typer.echo(f"wrote {plot_run(run_dir, out)}")

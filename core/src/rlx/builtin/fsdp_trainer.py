@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlx.builtin.configs import FSDPTrainerConfig
 from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch
+from rlx.outputs import check_replaceable, replace_folder
 from rlx.threads import cpu_threads
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -478,7 +479,7 @@ class FSDPTrainer:
         if self.rank == 0:
             state = {"scheduler": self.scheduler.state_dict(), "optimizer_steps": self.optimizer_steps}
             torch.save(state, Path(tmp) / TRAINER_STATE_FILE)
-            _replace_dir(tmp, path)
+            _replace_dir(tmp, path, kind="trainer-checkpoint")
         dist.barrier()
 
     def load_checkpoint(self, path: str) -> None:
@@ -500,7 +501,9 @@ class FSDPTrainer:
 
     def export_hf(self, path: str) -> None:
         """Rank 0 writes a Hugging Face folder (safetensors in the compute dtype, config, tokenizer,
-        generation config) to `<path>.tmp`, then renames it; every rank takes part in the gather."""
+        generation config) to `<path>.tmp`, then renames it; every rank takes part in the gather. An existing `path`
+        that rlx did not write is never replaced (rlx.outputs)."""
+        check_replaceable(path, kind="hf-export", what="export_hf path")
         full = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank == 0:
             from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -524,7 +527,7 @@ class FSDPTrainer:
             shutil.rmtree(tmp, ignore_errors=True)
             hf_model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            _replace_dir(tmp, path)
+            _replace_dir(tmp, path, kind="hf-export")
         dist.barrier()
 
     def close(self) -> None:
@@ -538,11 +541,7 @@ class FSDPTrainer:
             torch.cuda.empty_cache()
 
 
-def _replace_dir(src: str, dst: str) -> None:
-    """Move `src` to `dst`, replacing a previous `dst` only once the new one is complete."""
-    old = f"{dst.rstrip('/')}.old"
-    if os.path.exists(dst):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+def _replace_dir(src: str, dst: str, kind: str) -> None:
+    """Move `src` to `dst`, marked as rlx's; a previous `dst` is removed only once the new one is in place, and one
+    rlx did not write is never replaced (rlx.outputs)."""
+    replace_folder(src, dst, kind=kind, what="trainer output")

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlx.builtin.configs import HFGeneratorConfig
 from rlx.errors import did_you_mean
-from rlx.generation import check_request
+from rlx.generation import SeedStream, WeightPushGuard, check_request, special_tokens, stamp_version
 from rlx.interfaces import Completion, FinishReason, ModelSpec, NamedTensors, SamplingParams
 from rlx.threads import cpu_threads
 
@@ -102,53 +102,29 @@ class HFGenerator:
             **({"attn_implementation": config.attn_implementation} if config.attn_implementation else {}),
         )
         self.model.to(self.device).eval()
-        self.eos_token_ids, self.pad_token_id = self._special_ids()
+        tokens = special_tokens(model)
+        self.eos_token_ids, self.pad_token_id = tokens.eos_ids, tokens.pad_id
         # The model's own generation_config (e.g. temperature 0.6, repetition penalty) must not leak into
         # sampling: every setting comes from SamplingParams.
         self.model.generation_config = GenerationConfig(
             eos_token_id=list(self.eos_token_ids), pad_token_id=self.pad_token_id
         )
-        # Calls without params.seed draw their seed from this stream: a run is reproducible from `seed`,
-        # and the process-global RNG (the trainer's, when colocated) is left untouched.
-        self._seed_stream = torch.Generator().manual_seed(seed)
+        self._seeds = SeedStream(seed)
+        self._guard = WeightPushGuard("generator 'hf'")
         self._asleep = False
-
-    def _special_ids(self) -> tuple[tuple[int, ...], int]:
-        eos: list[int] = []
-        for value in (self.model.generation_config.eos_token_id, self.model.config.eos_token_id):
-            eos.extend([value] if isinstance(value, int) else list(value or ()))
-        pad = self.model.generation_config.pad_token_id
-        if pad is None:
-            pad = getattr(self.model.config, "pad_token_id", None)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.spec.tokenizer_path, trust_remote_code=self.spec.trust_remote_code
-            )
-        except (OSError, ValueError):  # a folder without tokenizer files: generation from ids still works
-            tokenizer = None
-        if tokenizer is not None:
-            if tokenizer.eos_token_id is not None:
-                eos.append(tokenizer.eos_token_id)
-            if pad is None:
-                pad = tokenizer.pad_token_id
-        if not eos:
-            raise ValueError(
-                f"model '{self.spec.path}' declares no eos_token_id (config, generation_config or tokenizer)"
-            )
-        eos_ids = tuple(dict.fromkeys(eos))
-        return eos_ids, eos_ids[0] if pad is None else int(pad)
 
     # ------------------------------------------------------------------------------------------ generate
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt, `params.n` completions (stop token kept, logprobs under softmax(logits / T))."""
         self._check(prompts, params)
+        self._guard.check()
         if self._asleep:
             raise RuntimeError("HFGenerator.generate called while asleep: call wake_up() first")
         # Rows are prompts repeated n times, sorted by length so each batch carries little left padding.
         rows = sorted(((len(p), i) for i, p in enumerate(prompts) for _ in range(params.n)), key=lambda r: r[0])
         results: list[list[Completion]] = [[] for _ in prompts]
-        seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._seed_stream))
+        seed = self._seeds.resolve(params)
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), torch.inference_mode(), cpu_threads(self.device, self.config.cpu_threads):
             torch.random.default_generator.manual_seed(seed)
@@ -158,7 +134,7 @@ class HFGenerator:
                 batch = [i for _, i in rows[start : start + self.config.batch_size]]
                 for i, completion in zip(batch, self._generate_batch([prompts[i] for i in batch], params), strict=True):
                     results[i].append(completion)
-        return results
+        return stamp_version(results, self._guard.version)
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         check_request(prompts, params)
@@ -219,9 +195,13 @@ class HFGenerator:
 
     # ------------------------------------------------------------------------------------------ weights
 
-    @torch.no_grad()
-    def update_weights(self, weights: NamedTensors) -> None:
+    def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
         """Copy each (HF name, full tensor) into the matching parameter or buffer, in place, as it arrives."""
+        with self._guard.push(version):
+            self._copy_in(weights)
+
+    @torch.no_grad()
+    def _copy_in(self, weights: NamedTensors) -> None:
         # remove_duplicate=False lists every name of a tied tensor (lm_head.weight and embed_tokens.weight)
         targets = dict(self.model.named_parameters(remove_duplicate=False))
         targets.update(self.model.named_buffers(remove_duplicate=False))

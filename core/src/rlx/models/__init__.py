@@ -61,10 +61,20 @@ def check_model_path(path: str, *, what: str = "model.path") -> str:
     return str(folder.resolve())
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(model: ModelSpec) -> Any:
     """The model's tokenizer; it must have a chat template (rlx prompts are chat messages)."""
     from transformers import AutoTokenizer
 
+    folder = Path(model.tokenizer_path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build some default tokenizer instead of saying so
+        raise ConfigError(
+            f"cannot load a tokenizer from '{folder}': it has none of {', '.join(TOKENIZER_FILES)}. The model folder "
+            "needs its tokenizer files (save_pretrained of the tokenizer, or `rlx export`), or set model.tokenizer"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(model.tokenizer_path, trust_remote_code=model.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a folder without a tokenizer

@@ -1,7 +1,8 @@
 """`GeneratorConformance`: the pytest suite every `Generator` implementation passes (see `rlx.testing`).
 
 All tests share one generator per class, built from `TinyModels.base`; tests that push other weights put
-the base weights back before they return, so they may run in any order.
+the base weights back before they return, so they may run in any order. The streaming tests run on the
+plugin's own StreamingGenerator methods when it has them, else through `rlx.generation.as_streaming`'s adapter.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from rlx.interfaces import Completion, Generator, ModelSpec, SamplingParams
+from rlx.errors import GenerationRequestError, WeightPushIncompleteError
+from rlx.generation import as_streaming
+from rlx.interfaces import Completion, GenerationRequest, Generator, ModelSpec, SamplingParams, StreamingGenerator
 from rlx.testing.fixtures import TinyModels, iter_safetensors, session_tiny_models
 from rlx.testing.reference import ReferenceKind, available_reference, greedy_margins, reference_logprobs
 
@@ -38,6 +41,20 @@ def _pairs(prompts: Sequence[Sequence[int]], result: list[list[Completion]]) -> 
     return [(list(p), list(c.token_ids)) for p, per_prompt in zip(prompts, result, strict=True) for c in per_prompt]
 
 
+def _collect_all(stream: StreamingGenerator, ids: Sequence[str]) -> tuple[dict[str, list[Completion]], list[str]]:
+    """Collect until every id in `ids` is back: (completions by id, ids in the order they came back)."""
+    got: dict[str, list[Completion]] = {}
+    order: list[str] = []
+    while len(got) < len(ids):
+        results = stream.collect(min_results=1)
+        assert results, f"collect() returned nothing with {stream.num_pending()} request(s) pending and no timeout"
+        for request_id, completions in results:
+            assert request_id in ids and request_id not in got, f"unexpected or repeated request id {request_id!r}"
+            got[request_id] = completions
+            order.append(request_id)
+    return got, order
+
+
 class GeneratorConformance:
     """Subclass in your test module and override the `make_generator` fixture.
 
@@ -55,6 +72,8 @@ class GeneratorConformance:
     #: who computes the reference logprobs: "trainer" (the builtin fsdp trainer), "transformers", or
     #: "auto" = the trainer when `rlx.builtin.fsdp_trainer` imports, else a plain transformers forward.
     reference: str = "auto"
+    #: streamed completions equal the batch path's for the same requests: tokens exactly, logprobs within this.
+    stream_logprob_abs_diff: float = 1e-5
 
     # ------------------------------------------------------------------------------------ fixtures
 
@@ -101,8 +120,16 @@ class GeneratorConformance:
             raise ValueError(f"reference must be auto | trainer | transformers, got {self.reference!r}")
         return self.reference  # type: ignore[return-value]
 
-    def _push(self, generator: Generator, model_dir: str) -> None:
-        generator.update_weights(iter_safetensors(model_dir))
+    @pytest.fixture(scope="class")
+    def stream(self, generator: Generator) -> StreamingGenerator:
+        """The generator's streaming side: its own methods, or the default adapter around its `generate`."""
+        return as_streaming(generator)
+
+    def _push(self, generator: Generator, model_dir: str, version: int | None = None) -> None:
+        if version is None:
+            generator.update_weights(iter_safetensors(model_dir))
+        else:
+            generator.update_weights(iter_safetensors(model_dir), version=version)
 
     def _assert_greedy_follows(self, model_dir: str, prompts: list[list[int]], result: list[list[Completion]]) -> None:
         """Every greedy token is the argmax of `model_dir`'s plain HF model (teacher-forced on the generator's
@@ -283,3 +310,139 @@ class GeneratorConformance:
         generator.sleep()
         generator.wake_up()
         assert _tokens(generator.generate(prompts, _greedy())) == before
+
+    # ------------------------------------------------------------------------------------ streaming
+
+    def _assert_same(self, got: list[Completion], want: list[Completion], what: str) -> None:
+        assert [c.token_ids for c in got] == [c.token_ids for c in want], f"{what}: tokens differ from the batch path"
+        assert [c.finish_reason for c in got] == [c.finish_reason for c in want], what
+        for a, b in zip(got, want, strict=True):
+            assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)), default=0.0) <= (
+                self.stream_logprob_abs_diff
+            ), f"{what}: logprobs differ from the batch path"
+
+    def test_stream_matches_batch(
+        self, generator: Generator, stream: StreamingGenerator, prompts: list[list[int]]
+    ) -> None:
+        """Requests submitted together with the same (seeded) params come back as one batch call would return them."""
+        params = SamplingParams(n=2, temperature=1.0, top_k=20, max_new_tokens=8, seed=77)
+        expected = generator.generate(prompts, params)
+        ids = [f"same-{i}" for i in range(len(prompts))]
+        stream.submit([GenerationRequest(i, p, params) for i, p in zip(ids, prompts, strict=True)])
+        assert stream.num_pending() == len(prompts)
+        got, _ = _collect_all(stream, ids)
+        assert stream.num_pending() == 0
+        for request_id, want in zip(ids, expected, strict=True):
+            assert len(got[request_id]) == params.n
+            self._assert_same(got[request_id], want, request_id)
+
+    def test_stream_honours_per_request_max_new_tokens(
+        self, generator: Generator, stream: StreamingGenerator, prompts: list[list[int]]
+    ) -> None:
+        limits = {"limit-2": (0, 2), "limit-9": (1, 9), "limit-5": (2, 5), "limit-12": (0, 12)}
+        stream.submit([GenerationRequest(i, prompts[p], _greedy(m)) for i, (p, m) in limits.items()])
+        got, _ = _collect_all(stream, list(limits))
+        for request_id, (p, limit) in limits.items():
+            (c,) = got[request_id]
+            assert 1 <= len(c.token_ids) <= limit, f"{request_id}: {len(c.token_ids)} tokens"
+            assert c.finish_reason == "stop" or len(c.token_ids) == limit
+            assert len(c.logprobs) == len(c.token_ids)
+            self._assert_same([c], generator.generate([prompts[p]], _greedy(limit))[0], request_id)
+        short, long = got["limit-2"][0].token_ids, got["limit-12"][0].token_ids
+        assert long[: len(short)] == short, "a greedy completion with a smaller limit is a prefix of a longer one"
+
+    def test_stream_keeps_ids_right_in_any_order(
+        self, generator: Generator, stream: StreamingGenerator, prompts: list[list[int]]
+    ) -> None:
+        """Requests finish in any order; each id gets its own completions (same prompt, different seeds here)."""
+        requests = [
+            GenerationRequest("slow", prompts[2], _greedy(12)),
+            GenerationRequest("seed-1", prompts[0], SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=1)),
+            GenerationRequest("fast", prompts[1], _greedy(1)),
+            GenerationRequest("seed-2", prompts[0], SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=2)),
+        ]
+        stream.submit(requests)
+        with pytest.raises(GenerationRequestError, match="'fast' is already pending"):
+            stream.submit([GenerationRequest("new", prompts[0]), GenerationRequest("fast", prompts[0])])
+        assert stream.num_pending() == len(requests), "a refused submit() must queue none of its requests"
+        got, order = _collect_all(stream, [r.id for r in requests])
+        assert sorted(order) == sorted(r.id for r in requests)
+        for r in requests:
+            self._assert_same(got[r.id], generator.generate([r.prompt_ids], r.params)[0], r.id)
+        assert got["seed-1"] != got["seed-2"]
+        assert stream.collect(min_results=1) == [], "collect() with nothing pending returns at once"
+        stream.submit([GenerationRequest("poll", prompts[0], _greedy(2))])
+        polled = stream.collect(min_results=1, timeout_s=0)
+        rest, _ = _collect_all(stream, ["poll"]) if not polled else ({}, [])
+        assert [r.request_id for r in polled] + list(rest) == ["poll"]
+
+    def test_stream_reports_the_pushed_version(
+        self, stream: StreamingGenerator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> None:
+        for version in (7, 8):
+            self._push(stream, tiny_models.base, version=version)
+            batch = stream.generate(prompts[:1], SamplingParams(n=2, max_new_tokens=4, seed=0))
+            stream.submit([GenerationRequest(f"version-{version}", prompts[1], SamplingParams(n=2, max_new_tokens=4))])
+            ((_, streamed),) = stream.collect(min_results=1)
+            for c in [*batch[0], *streamed]:
+                assert c.policy_version == version and c.version_switches == ()
+                assert c.token_versions() == (version,) * len(c.token_ids)
+
+    def test_incomplete_push_refuses_to_serve_until_a_push_completes(
+        self, stream: StreamingGenerator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> None:
+        before = _tokens(stream.generate(prompts, _greedy()))
+
+        def cut_off() -> Iterator[tuple[str, object]]:
+            for i, (name, tensor) in enumerate(iter_safetensors(tiny_models.other)):
+                if i == 3:
+                    raise RuntimeError("simulated: the weight push was cut off")
+                yield name, tensor
+
+        with pytest.raises(Exception):  # noqa: B017 - whatever the engine makes of it; the refusal is tested
+            stream.update_weights(cut_off(), version=11)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(WeightPushIncompleteError, match="version 11"):
+                stream.generate(prompts, _greedy())
+            with pytest.raises(WeightPushIncompleteError, match="version 11"):
+                stream.submit([GenerationRequest("refused", prompts[0], _greedy())])
+            with pytest.raises(WeightPushIncompleteError, match="version 11"):
+                stream.collect(min_results=1)
+        finally:
+            self._push(stream, tiny_models.base, version=12)
+        assert stream.num_pending() == 0
+        assert _tokens(stream.generate(prompts, _greedy())) == before
+
+    def test_partial_rollout_continues_under_new_weights(
+        self, generator: Generator, stream: StreamingGenerator, prompts: list[list[int]], tiny_models: TinyModels
+    ) -> None:
+        """A request in flight across update_weights keeps its tokens, records the switch, and samples the rest
+        from the new weights given the whole prefix (its KV cache recomputed, not kept from the old weights)."""
+        if not stream.partial_rollouts:
+            pytest.skip(f"{type(stream).__name__} finishes in-flight requests before a weight update")
+        limit = 24
+        (reference,) = generator.generate(prompts[0:1], _greedy(limit))[0]
+        assert reference.finish_reason == "length", "the suite's base model should not stop early here"
+        self._push(stream, tiny_models.base, version=20)
+        stream.submit([GenerationRequest("long", prompts[0], _greedy(limit)),
+                       GenerationRequest("short", prompts[1], _greedy(2))])  # fmt: skip
+        first = stream.collect(min_results=1)
+        assert [r.request_id for r in first] == ["short"]
+        self._push(stream, tiny_models.other, version=21)
+        try:
+            got, _ = _collect_all(stream, ["long"])
+        finally:
+            self._push(stream, tiny_models.base, version=22)
+        (c,) = got["long"]
+        assert c.policy_version == 20 and len(c.version_switches) == 1, c.version_switches
+        ((switch, version),) = c.version_switches
+        assert version == 21 and 0 < switch < len(c.token_ids) == limit
+        assert c.token_ids[:switch] == reference.token_ids[:switch]
+        (margins,) = greedy_margins(tiny_models.other, [(prompts[0], list(c.token_ids))])
+        assert max(margins[switch:]) <= self.greedy_tolerance, "tokens after the switch must follow the new weights"
+        ((old_refs,), (new_refs,)) = [
+            reference_logprobs(self._reference_kind(), model, [([(prompts[0], list(c.token_ids))], 1.0)])[0]
+            for model in (tiny_models.base, tiny_models.other)
+        ]
+        expected = [*old_refs[:switch], *new_refs[switch:]]
+        assert max(abs(a - b) for a, b in zip(c.logprobs, expected, strict=True)) < self.logprob_max_abs_diff

@@ -15,6 +15,15 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rlx.errors import ComponentError
+from rlx.generation import (
+    ReleasedMemory,
+    SeedStream,
+    WeightPushGuard,
+    check_request,
+    sample_seeds,
+    special_tokens,
+    stamp_version,
+)
 from rlx.interfaces import Completion, FinishReason, ModelSpec, NamedTensors, SamplingParams
 from rlx.weights import iter_buckets
 from rlx_sglang.plugin import INSTALL_HINT, SGLangConfig
@@ -28,7 +37,6 @@ WEIGHT_GROUP = "rlx_weight_update"
 # sglang's memory tags (sglang/srt/constants.py). Weights come back before the KV cache (the contract's order).
 WEIGHT_TAGS = ("weights", "cuda_graph")
 KV_CACHE_TAGS = ("kv_cache",)
-_SEED_MODULUS = 2**31 - 1  # sglang turns sampling_seed into an int64 tensor; keep well inside it
 
 Bucket = list[tuple[str, "torch.Tensor"]]
 BucketEncoder = Callable[[Bucket, int], list[Any]]
@@ -90,12 +98,6 @@ def _make_engine(config: SGLangConfig, model: ModelSpec, seed: int) -> Any:
 # ------------------------------------------------------------------------------------------ requests
 
 
-def request_seeds(base: int, num_prompts: int, n: int) -> list[int]:
-    """One distinct seed per (prompt, sample), prompt-major: with equal seeds sglang's deterministic
-    sampler would return n identical samples."""
-    return [(base * 1_000_003 + k) % _SEED_MODULUS for k in range(num_prompts * n)]
-
-
 def build_requests(
     prompts: Sequence[Sequence[int]], params: SamplingParams, seed_base: int
 ) -> tuple[list[list[int]], list[dict[str, Any]]]:
@@ -103,15 +105,11 @@ def build_requests(
 
     The n samples are sent as separate requests rather than sglang's `n` (which sglang itself says is
     slow for big batches and which would share one `sampling_seed`); the radix cache shares the prefix.
+    Each (prompt, sample) gets its own seed: with equal seeds sglang's deterministic sampler would return n
+    identical samples.
     """
-    if params.n < 1:
-        raise ValueError(f"SamplingParams.n must be >= 1, got {params.n}")
-    if params.max_new_tokens < 1:
-        raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {params.max_new_tokens}")
-    for i, prompt in enumerate(prompts):
-        if len(prompt) == 0:
-            raise ValueError(f"prompt {i} is empty: sglang needs at least one token")
-    seeds = request_seeds(seed_base, len(prompts), params.n)
+    check_request(prompts, params)
+    seeds = sample_seeds(seed_base, len(prompts) * params.n)
     input_ids: list[list[int]] = []
     sampling: list[dict[str, Any]] = []
     for i, prompt in enumerate(prompts):
@@ -182,32 +180,6 @@ def group_completions(
     if len(outputs) != num_prompts * n:
         raise RuntimeError(f"sglang returned {len(outputs)} results for {num_prompts} prompts x n={n}")
     return [[to_completion(outputs[i * n + j], stop_ids) for j in range(n)] for i in range(num_prompts)]
-
-
-def model_eos_token_ids(model: ModelSpec, *, with_tokenizer: bool) -> frozenset[int]:
-    """The EOS ids sglang stops at: the model config's and generation config's `eos_token_id` (sglang's
-    `hf_eos_token_id`) and, unless the tokenizer is skipped, the tokenizer's EOS."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-    ids: set[int] = set()
-
-    def add(value: Any) -> None:
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-
-    add(
-        getattr(AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code), "eos_token_id", None)
-    )
-    try:
-        add(GenerationConfig.from_pretrained(model.path).eos_token_id)
-    except OSError:  # no generation_config.json: sglang then uses the model config alone
-        pass
-    if with_tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path, trust_remote_code=model.trust_remote_code)
-        add(tokenizer.eos_token_id)
-    return frozenset(ids)
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -361,16 +333,17 @@ class SGLangGenerator:
     ) -> None:
         self.config = config
         self.model = model
-        self._seed = seed if config.seed is None else config.seed
+        # sglang stops at the tokenizer's EOS only when it loads the tokenizer
         if eos_token_ids is None:
-            eos_token_ids = model_eos_token_ids(model, with_tokenizer=not config.skip_tokenizer_init)
+            eos_token_ids = special_tokens(model, tokenizer=not config.skip_tokenizer_init).eos_ids
         self._eos_ids = frozenset(int(t) for t in eos_token_ids)
         self._engine = engine if engine is not None else _make_engine(config, model, seed)
         self._encode_bucket = encode_bucket or sglang_flattened_payload
         self._broadcaster = broadcaster
         self._nccl_ready = False
-        self._calls = 0
-        self._released: set[str] = set()
+        self._seeds = SeedStream(seed if config.seed is None else config.seed)
+        self._memory = ReleasedMemory(weight_tags=WEIGHT_TAGS, kv_cache_tags=KV_CACHE_TAGS)
+        self._guard = WeightPushGuard("generator 'sglang'")
         self._weights_dropped = False  # sleep() released the weights without a CPU copy
         self._closed = False
 
@@ -383,35 +356,32 @@ class SGLangGenerator:
         top-k/top-p (sglang/srt/layers/sampler.py); at temperature 0 (greedy) they are log_softmax(logits).
         """
         self._check_open()
+        self._guard.check()
         if not prompts:
             return []
-        if self._released:
+        if self._memory.released:
             raise RuntimeError("generate() called while the sglang generator sleeps; call wake_up() first")
-        if params.seed is not None:
-            seed_base = params.seed
-        else:  # a fresh stream per call, reproducible from the run seed
-            seed_base = self._seed * 7919 + self._calls
-        self._calls += 1
-        input_ids, sampling = build_requests(prompts, params, seed_base)
+        input_ids, sampling = build_requests(prompts, params, self._seeds.resolve(params))
         outputs = self._engine.generate(input_ids=input_ids, sampling_params=sampling, return_logprob=True)
         if isinstance(outputs, Mapping):  # sglang unwraps a batch of one request
             outputs = [outputs]
         stop_ids = self._eos_ids | {int(t) for t in params.stop_token_ids}
-        return group_completions(outputs, len(prompts), params.n, stop_ids)
+        return stamp_version(group_completions(outputs, len(prompts), params.n, stop_ids), self._guard.version)
 
     # -- weights ------------------------------------------------------------------------------
 
-    def update_weights(self, weights: NamedTensors) -> None:
+    def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
         """Stream new weights into the engine in buckets of at most `weight_bucket_mb` MiB.
 
         If the generator sleeps, only its weight memory is brought back first (the KV cache stays released
         until wake_up()), which is the order that needs the least memory when colocated.
         """
         self._check_open()
-        released_weights = [tag for tag in WEIGHT_TAGS if tag in self._released]
-        if released_weights:
-            self._engine.resume_memory_occupation(tags=released_weights)
-            self._released.difference_update(released_weights)
+        self._memory.resume_weights(self._resume)
+        with self._guard.push(version):
+            self._push(weights)
+
+    def _push(self, weights: NamedTensors) -> None:
         max_bytes = self.config.weight_bucket_mb * 2**20
         sent = 0
         for bucket in iter_buckets(weights, max_bytes):
@@ -500,17 +470,10 @@ class SGLangGenerator:
         if not self.config.enable_memory_saver:
             log.warning("sglang generator: sleep() is a no-op because enable_memory_saver is off")
             return
-        keep_weights = self.config.sleep_weights == "keep"
-        to_release = [
-            tag
-            for tag in (*KV_CACHE_TAGS, *WEIGHT_TAGS)
-            if tag not in self._released and not (keep_weights and tag == "weights")
-        ]
-        if to_release:
-            self._engine.release_memory_occupation(tags=to_release)
-            self._released.update(to_release)
-            if "weights" in to_release and self.config.sleep_weights == "drop":
-                self._weights_dropped = True
+        keep = ("weights",) if self.config.sleep_weights == "keep" else ()
+        released = self._memory.release(lambda tags: self._engine.release_memory_occupation(tags=tags), keep=keep)
+        if "weights" in released and self.config.sleep_weights == "drop":
+            self._weights_dropped = True
 
     def wake_up(self) -> None:
         """Resume what sleep() released: weights (and CUDA graphs) first, then the KV cache."""
@@ -521,12 +484,10 @@ class SGLangGenerator:
                 "waking would sample from garbage; push the weights with update_weights() before wake_up(), or set "
                 "generator.sleep_weights to keep or backup"
             )
-        for group in (WEIGHT_TAGS, KV_CACHE_TAGS):
-            # sglang fails on resuming a tag it did not release, so resume only what is released
-            tags = [tag for tag in group if tag in self._released]
-            if tags:
-                self._engine.resume_memory_occupation(tags=tags)
-                self._released.difference_update(tags)
+        self._memory.resume_all(self._resume)  # sglang fails on resuming a tag it did not release
+
+    def _resume(self, tags: list[str]) -> None:
+        self._engine.resume_memory_occupation(tags=tags)
 
     def close(self) -> None:
         if self._closed:

@@ -15,6 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rlx.errors import ComponentError
+from rlx.generation import (
+    ReleasedMemory,
+    SeedStream,
+    WeightPushGuard,
+    check_request,
+    sample_seeds,
+    special_tokens,
+    stamp_version,
+)
 from rlx.interfaces import Completion, FinishReason, ModelSpec, NamedTensors, SamplingParams
 from rlx.weights import iter_buckets
 from rlx_trtllm.plugin import INSTALL_HINT, TRTLLMConfig
@@ -32,7 +41,6 @@ WEIGHT_TAGS = (
 )  # fmt: skip
 KV_CACHE_TAGS = ("kv_cache",)
 WORKER_EXTENSION = "rlx_trtllm.worker_extension.RlxWorkerExtension"
-_SEED_MODULUS = 2**31 - 1
 
 Bucket = list[tuple[str, "torch.Tensor"]]
 HandleEncoder = Callable[[Bucket, Sequence[str]], tuple[dict[str, str], list[Any]]]
@@ -80,24 +88,6 @@ def llm_kwargs(config: TRTLLMConfig, model: ModelSpec) -> dict[str, Any]:
     return kwargs
 
 
-def model_eos_ids(model: ModelSpec) -> tuple[int, ...]:
-    """EOS ids of the model: generation_config.json's eos_token_id (int or list) and the tokenizer's."""
-    from transformers import AutoTokenizer, GenerationConfig
-
-    ids: list[int] = []
-    try:
-        eos = GenerationConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code).eos_token_id
-        ids.extend([eos] if isinstance(eos, int) else list(eos or []))
-    except (OSError, ValueError):  # no (usable) generation_config.json: the tokenizer's EOS alone
-        pass
-    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_path, trust_remote_code=model.trust_remote_code)
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    if not ids:
-        raise ComponentError(f"model '{model.path}' names no EOS token (generation_config.json or tokenizer)")
-    return tuple(dict.fromkeys(int(i) for i in ids))
-
-
 def _make_engine(config: TRTLLMConfig, model: ModelSpec) -> Any:
     """Start a real `tensorrt_llm.LLM` (Ray workers on the GPUs)."""
     try:
@@ -139,11 +129,6 @@ def logprobs_mode_for(params: SamplingParams, *, supports_mode: bool, approximat
     return "processed"
 
 
-def request_seeds(base: int, num_prompts: int, n: int) -> list[int]:
-    """One distinct seed per (prompt, sample), prompt-major (an unset seed is 0 for every TRT-LLM request)."""
-    return [(base * 1_000_003 + k) % _SEED_MODULUS for k in range(num_prompts * n)]
-
-
 def build_requests(
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
@@ -156,18 +141,13 @@ def build_requests(
 
     EOS is handled as a stop token (end_id=-1, stop_token_ids + include_stop_str_in_output) so that the stop
     token stays in token_ids with its logprob, as the rlx contract wants; verl's TRT-LLM rollout does the same.
+    Each (prompt, sample) gets its own seed (an unset seed is 0 for every TRT-LLM request).
     """
-    if params.n < 1:
-        raise ValueError(f"SamplingParams.n must be >= 1, got {params.n}")
-    if params.max_new_tokens < 1:
-        raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {params.max_new_tokens}")
-    for i, prompt in enumerate(prompts):
-        if len(prompt) == 0:
-            raise ValueError(f"prompt {i} is empty: TensorRT-LLM needs at least one token")
+    check_request(prompts, params)
     if not eos_token_ids:
         raise ValueError("eos_token_ids is empty: completions would never stop at EOS")
     stop_ids = list(dict.fromkeys([*(int(t) for t in eos_token_ids), *(int(t) for t in params.stop_token_ids)]))
-    seeds = request_seeds(seed_base, len(prompts), params.n)
+    seeds = sample_seeds(seed_base, len(prompts) * params.n)
     inputs: list[list[int]] = []
     sampling: list[dict[str, Any]] = []
     for i, prompt in enumerate(prompts):
@@ -287,8 +267,7 @@ class TRTLLMGenerator:
     ) -> None:
         self.config = config
         self.model = model
-        self._seed = seed if config.seed is None else config.seed
-        self._eos = tuple(eos_token_ids) if eos_token_ids is not None else model_eos_ids(model)
+        self._eos = tuple(eos_token_ids) if eos_token_ids is not None else special_tokens(model).eos_ids
         self._engine = engine if engine is not None else _make_engine(config, model)
         if sampling_params_cls is None:
             from tensorrt_llm import SamplingParams as sampling_params_cls
@@ -296,37 +275,42 @@ class TRTLLMGenerator:
         self._supports_mode = _has_field(sampling_params_cls, "logprobs_mode")
         self._encode_bucket = encode_bucket or ipc_handle_payload
         self._worker_uuids: list[str] | None = None
-        self._calls = 0
-        self._released: set[str] = set()
+        self._seeds = SeedStream(seed if config.seed is None else config.seed)
+        self._memory = ReleasedMemory(weight_tags=WEIGHT_TAGS, kv_cache_tags=KV_CACHE_TAGS)
+        self._guard = WeightPushGuard("generator 'trtllm'")
         self._closed = False
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt, in order, `params.n` completions; logprobs as chosen by `logprobs_mode_for`."""
         self._check_open()
+        self._guard.check()
         if not prompts:
             return []
-        if self._released:
+        if self._memory.released:
             raise RuntimeError("generate() called while the trtllm generator sleeps; call wake_up() first")
         mode = logprobs_mode_for(
             params, supports_mode=self._supports_mode, approximate=self.config.approximate_logprobs
         )
-        seed_base = params.seed if params.seed is not None else self._seed * 7919 + self._calls
-        self._calls += 1
         inputs, requests = build_requests(
-            prompts, params, seed_base=seed_base, eos_token_ids=self._eos, logprobs_mode=mode
+            prompts, params, seed_base=self._seeds.resolve(params), eos_token_ids=self._eos, logprobs_mode=mode
         )
         sampling = [self._sampling_cls(**request) for request in requests]
         outputs = self._engine.generate(inputs, sampling_params=sampling, use_tqdm=False)
         if len(outputs) != len(inputs):
             raise RuntimeError(f"TensorRT-LLM returned {len(outputs)} results for {len(inputs)} requests")
         n = params.n
-        return [[to_completion(outputs[i * n + j].outputs[0]) for j in range(n)] for i in range(len(prompts))]
+        results = [[to_completion(outputs[i * n + j].outputs[0]) for j in range(n)] for i in range(len(prompts))]
+        return stamp_version(results, self._guard.version)
 
-    def update_weights(self, weights: NamedTensors) -> None:
+    def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
         """Send buckets of CUDA IPC handles to every worker, then finalize (`update_weights(None)`), which
         post-processes the loaded weights and resets the prefix cache. Wakes only the weights if asleep."""
         self._check_open()
-        self._resume([tag for tag in WEIGHT_TAGS if tag in self._released])
+        self._memory.resume_weights(self._resume)
+        with self._guard.push(version):
+            self._push(weights)
+
+    def _push(self, weights: NamedTensors) -> None:
         if self._worker_uuids is None:
             self._worker_uuids = [str(u) for u in self._engine._collective_rpc("rlx_device_uuid")]
         sent = 0
@@ -345,21 +329,15 @@ class TRTLLMGenerator:
         if not self.config.enable_sleep:
             log.warning("trtllm generator: sleep() is a no-op because enable_sleep is off")
             return
-        tags = [tag for tag in (*KV_CACHE_TAGS, *WEIGHT_TAGS) if tag not in self._released]
-        if tags:
-            self._engine._collective_rpc("sleep", args=(tags,))
-            self._released.update(tags)
+        self._memory.release(lambda tags: self._engine._collective_rpc("sleep", args=(tags,)))
 
     def wake_up(self) -> None:
         """Rematerialise what sleep() released: weights first, then the KV cache."""
         self._check_open()
-        self._resume([tag for tag in WEIGHT_TAGS if tag in self._released])
-        self._resume([tag for tag in KV_CACHE_TAGS if tag in self._released])
+        self._memory.resume_all(self._resume)
 
     def _resume(self, tags: list[str]) -> None:
-        if tags:
-            self._engine._collective_rpc("wakeup", args=(tags,))
-            self._released.difference_update(tags)
+        self._engine._collective_rpc("wakeup", args=(tags,))
 
     def close(self) -> None:
         if self._closed:

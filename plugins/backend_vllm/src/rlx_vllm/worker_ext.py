@@ -19,7 +19,7 @@ NamedTensorList = list[tuple[str, torch.Tensor]]
 
 
 class RlxWorkerExtension:
-    """Weight loading (one stream, or bucket by bucket), an NCCL receive path, and the logprobs fix-up."""
+    """Weight loading (one stream, or bucket by bucket) and the logprobs fix-up."""
 
     # Set by vLLM's Worker; declared for type checkers.
     model_runner: Any
@@ -74,28 +74,6 @@ class RlxWorkerExtension:
         for reset in ("reset_encoder_cache", "reset_mm_cache"):
             if hasattr(self.model_runner, reset):
                 getattr(self.model_runner, reset)()
-
-    # ---------------------------------------------------------------------------------- NCCL (separate GPUs)
-
-    def rlx_init_broadcast(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """Join a weight-broadcast group whose rank 0 is the trainer (vLLM's rlhf.py pattern)."""
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.parallel_state import get_world_group
-        from vllm.distributed.utils import StatelessProcessGroup
-
-        rank = get_world_group().rank + rank_offset
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-        self._rlx_comm = PyNcclCommunicator(group, device=self.device)
-
-    def rlx_receive_bucket(self, metadata: list[tuple[str, str, list[int]]]) -> int:
-        """Receive one bucket broadcast from rank 0 as one flat byte buffer, then load it.
-
-        metadata: (name, dtype name, shape) per tensor, in the order they were packed.
-        """
-        flat = torch.empty(packed_size(metadata), dtype=torch.uint8, device=self.device)
-        self._rlx_comm.broadcast(flat, src=0, stream=torch.cuda.current_stream())
-        torch.cuda.current_stream().synchronize()
-        return self._load(unpack_bucket(metadata, flat))
 
     # ---------------------------------------------------------------------------------- logprobs
 

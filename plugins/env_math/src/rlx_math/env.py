@@ -7,14 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from rlx.interfaces import Problem, Score, ScoreStatus, Split
 from rlx_math import toy
 from rlx_math.data import LoadReport, PromptTemplate, builtin_template, load_problems, load_template
-from rlx_math.grading import GradeOptions, answer_key
+from rlx_math.grading import FAST_PATHS, GradeOptions, Verdict, answer_key
 from rlx_math.plugin import DATASET_ALIASES, MathEnvConfig
 from rlx_math.pool import VerifierPool
 
@@ -25,6 +27,33 @@ GRADING_FAILED: frozenset[ScoreStatus] = frozenset({"no_answer", "timeout", "err
 
 class AllGradingFailedWarning(RuntimeWarning):
     """Every completion of a batch scored 0 because nothing could be graded (not because it was wrong)."""
+
+
+@dataclass(frozen=True)
+class GradingStats:
+    """What grading one `score` batch cost. Distinct (gold, final answer) pairs are graded once each.
+
+    seconds: wall time of the whole `score` call; graded: distinct pairs; fast: pairs decided without sympy;
+    timed_out: pairs that hit the time limit (the worker's timer or the pool's kill); by_path: pairs per
+    deciding step (see `rlx_math.grading.Verdict`).
+    """
+
+    seconds: float = 0.0
+    completions: int = 0
+    graded: int = 0
+    fast: int = 0
+    timed_out: int = 0
+    by_path: dict[str, int] = field(default_factory=dict)
+
+    def metrics(self, prefix: str = "reward/") -> dict[str, float]:
+        """Flat numbers for a metrics logger, e.g. {"reward/grading_s": 0.8, "reward/timeouts": 0.0, ...}."""
+        return {
+            f"{prefix}grading_s": self.seconds,
+            f"{prefix}graded": float(self.graded),
+            f"{prefix}fast_fraction": self.fast / self.graded if self.graded else 0.0,
+            f"{prefix}timeouts": float(self.timed_out),
+            f"{prefix}sympy": float(self.by_path.get("sympy", 0)),
+        }
 
 
 MAX_DEFAULT_WORKERS = 16  # each verifier process holds sympy and antlr (~70 MB); GPU nodes have 100+ cores
@@ -45,6 +74,8 @@ class MathEnvironment:
         self._problems: dict[Split, list[Problem]] = {}
         self.reports: dict[Split, LoadReport] = {}
         self.counts: Counter[ScoreStatus] = Counter()  # every status ever returned by `score`
+        self.paths: Counter[str] = Counter()  # every deciding step so far (per distinct pair)
+        self.last_grading_stats = GradingStats()  # the last `score` batch; see `GradingStats.metrics()`
         self._lock = threading.Lock()  # the pool serves one batch at a time
         # a wrong template path fails now, before any model is loaded, not at the first problems() call
         self._custom_template = load_template(config.prompt_template) if config.prompt_template else None
@@ -55,6 +86,7 @@ class MathEnvironment:
                 timeout_s=config.timeout_s,
                 require_think_close=config.require_think_close,
                 fallback_tail_chars=config.fallback_tail_chars,
+                fast_paths=config.fast_paths,
             ),
             kill_grace_s=config.kill_grace_s,
             start_method=config.start_method,
@@ -126,13 +158,25 @@ class MathEnvironment:
         """Reward 1.0 if completions[i] answers problems[i] correctly (math-verify), else 0.0, with a status."""
         if len(problems) != len(completions):
             raise ValueError(f"score: {len(problems)} problems but {len(completions)} completions")
+        start = time.perf_counter()
         options = self.pool.options
         pairs = [(p.answer, self._answer_key(c, options)) for p, c in zip(problems, completions, strict=True)]
         # GRPO samples each prompt several times and final answers repeat: grade each distinct one once
         unique = list(dict.fromkeys(pairs))
         with self._lock:
-            graded = dict(zip(unique, self.pool.grade(unique), strict=True))
-        scores = [Score(1.0 if graded[pair] == "correct" else 0.0, graded[pair]) for pair in pairs]
+            verdicts = self.pool.grade_verdicts(unique)
+        graded: dict[tuple[str, str], Verdict] = dict(zip(unique, verdicts, strict=True))
+        scores = [Score(1.0 if graded[pair].status == "correct" else 0.0, graded[pair].status) for pair in pairs]
+        paths = Counter(v.path for v in verdicts)
+        self.paths.update(paths)
+        self.last_grading_stats = GradingStats(
+            seconds=time.perf_counter() - start,
+            completions=len(pairs),
+            graded=len(unique),
+            fast=sum(n for path, n in paths.items() if path in FAST_PATHS),
+            timed_out=sum(1 for v in verdicts if v.status == "timeout"),
+            by_path=dict(paths),
+        )
         statuses = Counter(s.status for s in scores)
         self.counts.update(statuses)
         if len(scores) >= 2 and all(s.status in GRADING_FAILED for s in scores):
@@ -160,8 +204,12 @@ class MathEnvironment:
         warnings.warn(message, AllGradingFailedWarning, stacklevel=3)
 
     def stats(self) -> dict[str, int]:
-        """Counters for logging: statuses so far, and verifier processes started/killed/died."""
-        return {**{f"status/{k}": v for k, v in self.counts.items()}, **dict(self.pool.events)}
+        """Counters for logging: statuses and deciding steps so far, verifier processes started/killed/died."""
+        return {
+            **{f"status/{k}": v for k, v in self.counts.items()},
+            **{f"path/{k}": v for k, v in self.paths.items()},
+            **dict(self.pool.events),
+        }
 
     def close(self) -> None:
         self.pool.close()

@@ -9,13 +9,26 @@ import logging
 import re
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from latex2sympy2_extended.math_normalization import normalize_latex
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify.grader import should_treat_as_complex
 
 from rlx.interfaces import ScoreStatus
+from rlx_math import fastpath
+from rlx_math.normal_form import (
+    NormalAnswer,
+    canonical_text,
+    has_control_characters,
+    is_repetition,
+    normalise,
+    normalise_gold,
+    strip_math_delimiters,
+    units_conflict,
+)
 
 THINK_END = "</think>"
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
@@ -25,11 +38,32 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _BOXED_TARGETS = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 _FALLBACK_TARGETS = (LatexExtractionConfig(), ExprExtractionConfig())
 
-# "1\,000", "1{,}000", "1 000": math-verify reads the thin-space forms as a product (1*0), a human as 1000.
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:\\,|\\;|\\!|\\ |~|\{,\}|,| )\d{3})+(?:\.\d+)?")
 _INTEGER = re.compile(r"[-+]?\d+")
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
-_THOUSANDS_SEPARATOR = re.compile(r"\\,|\\;|\\!|\\ |~|\{,\}|,| ")
+
+# Verdict paths that decided without sympy (see `Verdict.path`).
+FAST_PATHS: frozenset[str] = frozenset(
+    {"extract", "control", "units", "repetition", "string", "integer", "arithmetic", "size_limit"}
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A status, and the step that decided it.
+
+    path: "extract" (nothing to grade, or a broken gold answer), "control" (control bytes in the box),
+    "units" (different units), "repetition" (one piece repeated: "5 5 5"), "string" (same normal form), "integer" (two plain integers), "arithmetic"
+    (exact rationals / interval bounds, `rlx_math.fastpath`), "size_limit" (too large or deep for sympy, judged
+    wrong), "sympy" (math-verify), "timeout" (the time limit), "killed"/"crashed" (the pool killed the
+    worker or it died), "custom" (a custom grade function that returns only a status).
+    """
+
+    status: ScoreStatus
+    path: str
+
+    @property
+    def fast(self) -> bool:
+        return self.path in FAST_PATHS
 
 
 class GradingTimeout(BaseException):
@@ -54,6 +88,9 @@ class GradeOptions:
     timeout_s: float = 10.0
     require_think_close: bool = False
     fallback_tail_chars: int = 4000
+    fast_paths: bool = True  # False: every boxed answer goes through math-verify (for comparison and tests)
+    max_sympy_chars: int = 1000  # an undecided answer longer than this (and 8x the gold) is judged wrong
+    max_sympy_depth: int = 40  # ... or nested deeper than this
 
 
 def answer_region(completion: str, require_think_close: bool = False) -> str | None:
@@ -138,24 +175,30 @@ def answer_key(completion: str, options: GradeOptions) -> str:
 
 
 def normalise_boxed(content: str) -> str:
-    """Fix what math-verify reads differently from a human grader before it parses the box content."""
-    content = content.strip()
-    if _THOUSANDS.fullmatch(content):
-        content = _THOUSANDS_SEPARATOR.sub("", content)
-    return content
+    """The box content as a human grader reads it (units, punctuation, repeating decimals...), as LaTeX."""
+    return normalise(content).value
+
+
+def gold_content(gold: str) -> str:
+    """The gold answer without its own `\\boxed{}` or `$...$` wrapping."""
+    gold = gold.strip()
+    if "\\boxed" in gold or "\\fbox" in gold:
+        boxed = last_boxed(gold)
+        if boxed is not None:
+            return boxed.strip()
+    return strip_math_delimiters(gold)
 
 
 @lru_cache(maxsize=4096)
 def parse_gold(gold: str) -> tuple[Any, ...]:
-    """The gold answer parsed by math-verify ('' and unparseable answers give ()).
+    """A gold answer (already `gold_content` and normalised) parsed by math-verify; '' and unparseable give ().
 
-    Gold answers are bare expressions ("\\frac{1}{2}", "(1,2]") or LaTeX with their own `$`/`\\boxed`.
     Cached: a GRPO batch grades several completions against each gold answer.
     """
     gold = gold.strip()
     if not gold:
         return ()
-    text = gold if ("\\boxed" in gold or _UNESCAPED_DOLLAR.search(gold)) else f"\\boxed{{{gold}}}"
+    text = gold if _UNESCAPED_DOLLAR.search(gold) else f"\\boxed{{{gold}}}"
     parsed = tuple(parse(text, extraction_config=_BOXED_TARGETS, parsing_timeout=None, raise_on_error=True))
     if not parsed:  # logged once per gold answer and process (cached): a data problem, not the model's
         logging.getLogger(__name__).warning(
@@ -173,43 +216,148 @@ def _canonical_integer(text: str) -> str | None:
     return ("" if digits == "0" else sign) + digits
 
 
-def _grade_untimed(gold: str, completion: str, options: GradeOptions) -> ScoreStatus:
+def _candidates(gold: NormalAnswer, predicted: NormalAnswer) -> list[tuple[str, str]]:
+    """(gold, predicted) LaTeX pairs, any of which equal means correct: 12.5% for 12.5, and 50% for 0.5."""
+    pairs = [(gold.value, predicted.value)]
+    if predicted.percent and not gold.percent:
+        pairs.append((gold.value, f"\\frac{{{predicted.value}}}{{100}}"))
+    elif gold.percent and not predicted.percent:
+        pairs.append((f"\\frac{{{gold.value}}}{{100}}", predicted.value))
+    return pairs
+
+
+# math-verify's normalisation without its malformed-operator fixes (regexes quadratic in the length): the
+# fast parser reads \frac12 and \sqrt2 the same way and declines the other malformed forms.
+_MV_NORMALISATION = replace(LatexExtractionConfig().normalization_config, boxed="last", malformed_operators=False)
+
+
+def _as_math_verify_reads(value: str) -> str:
+    """The string math-verify's parser receives for `\\boxed{value}` (its own normalisation)."""
+    return normalize_latex(f"\\boxed{{{value}}}", config=_MV_NORMALISATION)
+
+
+def _fast_parse(value: str) -> fastpath.Parsed | None:
+    text = _as_math_verify_reads(value)
+    if should_treat_as_complex(text):
+        return None  # i is the imaginary unit there, a symbol here
+    try:
+        return fastpath.parse(text)
+    except fastpath.Undecided:
+        return None
+
+
+_fast_parse_gold = lru_cache(maxsize=4096)(_fast_parse)
+
+
+# A gold answer whose every number is below 2^(4 * length): no powers, factorials, sums, long digit runs.
+_SMALL_GOLD = re.compile(r"(?:(?!\\(?:binom|dbinom|sum|prod|int|lim|exp))[^^!]){1,300}")
+_LONG_DIGITS = re.compile(r"\d{30}")
+
+
+def _nesting_depth(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "})]":
+            depth -= 1
+    return deepest
+
+
+def _fast_verdict(pairs: list[tuple[str, str]], options: GradeOptions) -> Verdict | None:
+    """A verdict without sympy when one is certain (or the answer is too large for sympy), else None."""
+    undecided = False
+    decided_by = "arithmetic"
+    for gold, predicted in pairs:
+        if canonical_text(gold) == canonical_text(predicted):
+            return Verdict("correct", "string")
+        gold_int, pred_int = _canonical_integer(gold), _canonical_integer(predicted)
+        if gold_int is not None and pred_int is not None:
+            if gold_int == pred_int:
+                return Verdict("correct", "integer")
+            decided_by = "integer"
+            continue
+        gold_parsed = _fast_parse_gold(gold)
+        pred_parsed = _fast_parse(predicted)
+        same = None
+        if pred_parsed is not None and gold_parsed is not None:
+            same = fastpath.compare(gold_parsed, pred_parsed)
+        elif pred_parsed is not None and _SMALL_GOLD.fullmatch(gold) and not _LONG_DIGITS.search(gold):
+            # a set, interval or tuple of plain numbers cannot contain a number larger than 2^(4 * its length)
+            same = False if fastpath.exceeds(pred_parsed, 4.0 * len(gold) + 64) else None
+        if same is True:
+            return Verdict("correct", "arithmetic")
+        if same is None:
+            undecided = True
+    if not undecided:
+        return Verdict("wrong", decided_by)
+    predicted = pairs[0][1]
+    too_long = len(predicted) > max(options.max_sympy_chars, 8 * len(pairs[0][0]))
+    if too_long or _nesting_depth(predicted) > options.max_sympy_depth:
+        return Verdict("wrong", "size_limit")
+    return None
+
+
+def _grade_untimed(gold: str, completion: str, options: GradeOptions) -> Verdict:
     region = answer_region(completion, options.require_think_close)
     if region is None or not region.strip():
-        return "no_answer"
+        return Verdict("no_answer", "extract")
     if not gold.strip():
-        return "error"  # the data is broken, not the model: counted and reported as an error
+        return Verdict("error", "extract")  # the data is broken, not the model: counted and reported as an error
     boxed = last_boxed(region)
-    if boxed is not None:
-        content = normalise_boxed(boxed)
-        if not content:
-            return "no_answer"
-        gold_int, pred_int = _canonical_integer(gold.strip()), _canonical_integer(content)
-        if gold_int is not None and pred_int is not None:
-            # both plain integers (AIME, the toy task): exact, and no sympy on the hot path
-            return "correct" if gold_int == pred_int else "wrong"
-        text, targets = f"\\boxed{{{content}}}", _BOXED_TARGETS
-    else:
+    if boxed is None:
         # Without a box, only the tail is searched: the answer is at the end, and math-verify's regexes over
         # a whole long chain of thought cost time and find intermediate results.
-        text, targets = region[-options.fallback_tail_chars :], _FALLBACK_TARGETS
-    gold_parsed = parse_gold(gold)
-    if not gold_parsed:
-        return "error"
-    predicted = parse(text, extraction_config=targets, parsing_timeout=None, raise_on_error=True)
-    if not predicted:
-        return "no_answer"
-    # allow_set_relation_comp: a human accepts "1 < x < 2" for the interval (1, 2).
-    ok = verify(list(gold_parsed), predicted, timeout_seconds=None, allow_set_relation_comp=True)
-    return "correct" if ok else "wrong"
+        gold_parsed = parse_gold(normalise_gold(gold_content(gold)).value)
+        if not gold_parsed:
+            return Verdict("error", "extract")
+        tail = region[-options.fallback_tail_chars :]
+        predicted = parse(tail, extraction_config=_FALLBACK_TARGETS, parsing_timeout=None, raise_on_error=True)
+        if not predicted:
+            return Verdict("no_answer", "sympy")
+        ok = verify(list(gold_parsed), predicted, timeout_seconds=None, allow_set_relation_comp=True)
+        return Verdict("correct" if ok else "wrong", "sympy")
+    if has_control_characters(boxed):
+        return Verdict("wrong", "control")  # no answer a human accepts has control bytes in it
+    predicted_answer = normalise(boxed)
+    if not predicted_answer.value:
+        return Verdict("no_answer", "extract")
+    gold_answer = normalise_gold(gold_content(gold))
+    if not gold_answer.value:
+        return Verdict("error", "extract")
+    if units_conflict(gold_answer, predicted_answer):
+        return Verdict("wrong", "units")
+    if is_repetition(predicted_answer.value) and not is_repetition(gold_answer.value):
+        return Verdict("wrong", "repetition")  # "5 5 5": math-verify would read a sum or a set {5}
+    pairs = _candidates(gold_answer, predicted_answer)
+    if options.fast_paths:
+        verdict = _fast_verdict(pairs, options)
+        if verdict is not None:
+            return verdict
+    parsed_any = False
+    for gold_value, predicted_value in pairs:
+        gold_parsed = parse_gold(gold_value)
+        if not gold_parsed:
+            return Verdict("error", "extract")
+        predicted = parse(
+            f"\\boxed{{{predicted_value}}}", extraction_config=_BOXED_TARGETS, parsing_timeout=None, raise_on_error=True
+        )
+        if not predicted:
+            continue
+        parsed_any = True
+        # allow_set_relation_comp: a human accepts "1 < x < 2" for the interval (1, 2).
+        if verify(list(gold_parsed), predicted, timeout_seconds=None, allow_set_relation_comp=True):
+            return Verdict("correct", "sympy")
+    return Verdict("wrong" if parsed_any else "no_answer", "sympy")
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
     raise GradingTimeout()
 
 
-def grade(gold: str, completion: str, options: GradeOptions) -> ScoreStatus:
-    """Grade one completion. Returns a status; never raises (except for interpreter shutdown signals).
+def grade_verdict(gold: str, completion: str, options: GradeOptions) -> Verdict:
+    """Grade one completion: a status and the step that decided it. Never raises (except interpreter shutdown).
 
     The time limit is an interval timer (SIGALRM) around extraction + verification, so it only works in
     a main thread; elsewhere grading runs untimed. The pool's parent process adds a hard limit on top
@@ -223,16 +371,21 @@ def grade(gold: str, completion: str, options: GradeOptions) -> ScoreStatus:
             signal.setitimer(signal.ITIMER_REAL, options.timeout_s)
         return _grade_untimed(gold, completion, options)
     except GradingTimeout:
-        return "timeout"
+        return Verdict("timeout", "timeout")
     except RecursionError:
-        return "error"  # deeply nested LaTeX overflows the parser's recursion
+        return Verdict("error", "sympy")  # deeply nested LaTeX overflows the parser's recursion
     except Exception:  # noqa: BLE001 - a parser crash on model output is a counted error, never a crash
         logging.getLogger(__name__).debug("grading failed", exc_info=True)
-        return "error"
+        return Verdict("error", "sympy")
     finally:
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+
+def grade(gold: str, completion: str, options: GradeOptions) -> ScoreStatus:
+    """The status of `grade_verdict`."""
+    return grade_verdict(gold, completion, options).status
 
 
 _WARM_UP_CASES = (
@@ -242,9 +395,14 @@ _WARM_UP_CASES = (
     ("x^2+2x+1", "\\boxed{(x+1)^2}"),
     ("30^\\circ", "the answer is $30$"),  # the no-box fallback path
 )
+# The fast path only: these would keep sympy busy for minutes.
+_WARM_UP_FAST_CASES = (("2\\sqrt{5}", "\\boxed{9^{9^{9}} - \\frac{1}{3}}"),)  # intervals and bounds (mpmath)
 
 
 def warm_up() -> None:
     """Grade a few kinds of answers so sympy/antlr's lazy imports happen now, not inside a time limit."""
     for gold, completion in _WARM_UP_CASES:
+        for fast_paths in (True, False):
+            grade(gold, completion, GradeOptions(timeout_s=0, fast_paths=fast_paths))
+    for gold, completion in _WARM_UP_FAST_CASES:
         grade(gold, completion, GradeOptions(timeout_s=0))

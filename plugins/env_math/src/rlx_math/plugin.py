@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import rlx
 from rlx.registry import ComponentRegistry
+from rlx.tools.python_sandbox import PythonToolConfig
 
 # Short names for the two datasets of the DeepScaleR recipe (any other hub id or local path works too).
 DATASET_ALIASES: dict[str, str] = {
@@ -37,6 +38,9 @@ class ToyConfig(BaseModel):
         if self.min_operand > self.max_operand:
             raise ValueError(f"min_operand ({self.min_operand}) must be <= max_operand ({self.max_operand})")
         return self
+
+
+RESUME_SAFE = {"resume": "safe"}  # how grading runs, not what it computes: may change when a run resumes
 
 
 class MathEnvConfig(BaseModel):
@@ -67,13 +71,16 @@ class MathEnvConfig(BaseModel):
     max_validation_problems: int | None = Field(None, gt=0, description="keep only the first N validation problems")
     toy: ToyConfig = Field(default_factory=ToyConfig, description="settings of the toy arithmetic task")
     num_workers: int | None = Field(
-        None, ge=0, description="verifier processes (null = usable CPUs, at most 16; 0 = in-process, no hard timeout)"
+        None, ge=0, description="verifier processes (null = usable CPUs, at most 16; 0 = in-process, no hard timeout)",
+        json_schema_extra=RESUME_SAFE,
     )
     timeout_s: float = Field(
-        10.0, gt=0, description="per-sample grading time limit (extraction + verification; math-verify: 5 + 5)"
+        10.0, gt=0, description="per-sample grading time limit (extraction + verification; math-verify: 5 + 5)",
+        json_schema_extra=RESUME_SAFE,
     )
     kill_grace_s: float = Field(
-        1.0, ge=0, description="extra time before a worker stuck in C code is killed (its sample: 'timeout')"
+        1.0, ge=0, description="extra time before a worker stuck in C code is killed (its sample: 'timeout')",
+        json_schema_extra=RESUME_SAFE,
     )
     require_think_close: bool = Field(
         False,
@@ -83,8 +90,23 @@ class MathEnvConfig(BaseModel):
     fallback_tail_chars: int = Field(
         4000, gt=0, description="without a \\boxed{}, the last expression is searched in this many final characters"
     )
+    fast_paths: bool = Field(
+        True,
+        description="decide easy and pathological answers without sympy (exact rationals, bounds, size limits); "
+        "false sends every boxed answer to math-verify (slower, same verdicts except answers too large for sympy)",
+    )
+    tools: list[Literal["python"]] = Field(
+        default_factory=list,
+        description="tools the model may call in a multi-turn episode: 'python' runs its ```python blocks in a "
+        "sandbox and answers with their output (empty: single-turn, no tools)",
+    )
+    max_tool_calls: int = Field(4, ge=0, description="tool calls per episode; the turn after the last is graded")
+    python_tool: PythonToolConfig = Field(
+        default_factory=PythonToolConfig, description="limits of one sandboxed Python call (when tools has 'python')"
+    )
     start_method: Literal["forkserver", "spawn", "fork"] = Field(
-        "forkserver", description="how verifier processes start ('fork' is unsafe once threads or CUDA exist)"
+        "forkserver", description="how verifier processes start ('fork' is unsafe once threads or CUDA exist)",
+        json_schema_extra=RESUME_SAFE,
     )
 
 

@@ -16,19 +16,24 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
 from rlx.interfaces import ScoreStatus
-from rlx_math.grading import GradeOptions, GradingTimeout, grade
+from rlx_math.grading import GradeOptions, GradingTimeout, Verdict, grade_verdict
 
 logger = logging.getLogger(__name__)
 
-GradeFn = Callable[[str, str, GradeOptions], ScoreStatus]
-"""(gold, completion, options) -> status. A module-level function, so it can be sent to worker processes."""
+GradeFn = Callable[[str, str, GradeOptions], ScoreStatus | Verdict]
+"""(gold, completion, options) -> Verdict (or a bare status). A module-level function, so workers can import it."""
+
+
+def _as_verdict(result: ScoreStatus | Verdict) -> Verdict:
+    return result if isinstance(result, Verdict) else Verdict(result, "custom")
+
 
 # Workers forked from the forkserver inherit these modules already imported and warmed up.
 _PRELOAD = ["rlx_math._worker_preload"]
 
 
 def _worker_main(conn: Connection, grade_fn: GradeFn, options: GradeOptions) -> None:
-    """Worker loop: receive (index, gold, completion), send (index, status); exit on None or a closed pipe."""
+    """Worker loop: receive (index, gold, completion), send (index, verdict); exit on None or a closed pipe."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from rlx_math.grading import warm_up
@@ -47,13 +52,13 @@ def _worker_main(conn: Connection, grade_fn: GradeFn, options: GradeOptions) -> 
             return
         index, gold, completion = message
         try:
-            status = grade_fn(gold, completion, options)
+            verdict = _as_verdict(grade_fn(gold, completion, options))
         except GradingTimeout:  # the timer fired between grading and cancelling it
-            status = "timeout"
+            verdict = Verdict("timeout", "timeout")
         except Exception:  # noqa: BLE001 - a custom grade_fn that raises still yields a counted error
-            status = "error"
+            verdict = Verdict("error", "custom")
         try:
-            conn.send((index, status))
+            conn.send((index, verdict))
         except (BrokenPipeError, OSError):
             return
 
@@ -99,7 +104,7 @@ class VerifierPool:
         *,
         kill_grace_s: float = 1.0,
         start_method: str = "forkserver",
-        grade_fn: GradeFn = grade,
+        grade_fn: GradeFn = grade_verdict,
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -139,6 +144,13 @@ class VerifierPool:
 
     def grade(self, pairs: Sequence[tuple[str, str]]) -> list[ScoreStatus]:
         """Status of each (gold, completion) pair, in order."""
+        return [verdict.status for verdict in self.grade_verdicts(pairs)]
+
+    def grade_verdicts(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
+        """Verdict (status and the step that decided it) of each (gold, completion) pair, in order.
+
+        A worker killed at the hard limit gives Verdict("timeout", "killed"); one that died, ("error", "crashed").
+        """
         if self._closed:
             raise RuntimeError("VerifierPool is closed")
         if not pairs:
@@ -147,7 +159,7 @@ class VerifierPool:
             return [self._grade_inline(gold, completion) for gold, completion in pairs]
         while len(self._workers) < self.num_workers:
             self._workers.append(self._start_worker())
-        results: list[ScoreStatus | None] = [None] * len(pairs)
+        results: list[Verdict | None] = [None] * len(pairs)
         pending = deque(range(len(pairs)))
         hard_limit = self.options.timeout_s + self.kill_grace_s
         while pending or any(w.task is not None for w in self._workers):
@@ -181,23 +193,23 @@ class VerifierPool:
                     try:
                         if not worker.conn.poll():
                             raise EOFError
-                        got_index, status = worker.conn.recv()
+                        got_index, verdict = worker.conn.recv()
                     except (EOFError, OSError):
-                        results[index] = "error"  # the worker crashed on this sample (e.g. segfault, OOM kill)
+                        results[index] = Verdict("error", "crashed")  # e.g. a segfault, the OOM killer
                         self.events["worker_died"] += 1
                         logger.warning("rlx-math: a verifier process died on sample %d; replacing it", index)
                         self._replace(worker, kill=True)
                         continue
-                    results[got_index] = status
+                    results[got_index] = verdict
                     worker.task = None
-                    if status == "timeout":
+                    if verdict.status == "timeout":
                         # a signal interrupted sympy/antlr at an arbitrary point: start from a clean process
                         self._replace(worker, kill=False)
                 elif now >= worker.deadline:
-                    results[index] = "timeout"
+                    results[index] = Verdict("timeout", "killed")
                     self.events["worker_killed"] += 1
                     self._replace(worker, kill=True)
-        return [status if status is not None else "error" for status in results]
+        return [verdict if verdict is not None else Verdict("error", "crashed") for verdict in results]
 
     def worker_pids(self) -> list[int]:
         """Process ids of the running verifier processes (empty before first use and after close)."""
@@ -228,13 +240,13 @@ class VerifierPool:
             self.close()
             raise RuntimeError(f"rlx-math: a verifier process did not start within {self.startup_timeout_s:.0f} s")
 
-    def _grade_inline(self, gold: str, completion: str) -> ScoreStatus:
+    def _grade_inline(self, gold: str, completion: str) -> Verdict:
         try:
-            return self.grade_fn(gold, completion, self.options)
+            return _as_verdict(self.grade_fn(gold, completion, self.options))
         except GradingTimeout:
-            return "timeout"
+            return Verdict("timeout", "timeout")
         except Exception:  # noqa: BLE001
-            return "error"
+            return Verdict("error", "custom")
 
     def close(self) -> None:
         """Stop every worker (politely, then by force). Safe to call twice."""
