@@ -19,9 +19,9 @@ from rlx.cluster.base import free_port  # noqa: E402
 from rlx.cluster.broadcast import ALIGN_BYTES, BroadcastSpec, WeightBroadcast, layout_of, pack, unpack  # noqa: E402
 from rlx.cluster.ray.placement import weight_transport  # noqa: E402
 from rlx.cluster.ray.pool import StepClock  # noqa: E402
-from rlx.cluster.ray.replica import IncompleteWeightsError, PushAborted, ReplicaWeights, accepts_keyword  # noqa: E402
+from rlx.cluster.ray.replica import PushAborted, ReplicaWeights  # noqa: E402
 from rlx.config import ClusterConfig  # noqa: E402
-from rlx.errors import ConfigError  # noqa: E402
+from rlx.errors import ConfigError, WeightPushIncompleteError  # noqa: E402
 
 
 def mixed_bucket() -> list[tuple[str, torch.Tensor]]:
@@ -139,12 +139,6 @@ class VersionedGenerator(PlainGenerator):
 
 
 def test_version_reaches_only_generators_that_take_it() -> None:
-    class Kwargs:
-        def update_weights(self, weights, **options): ...  # noqa: ANN001, ANN003, ANN201
-
-    assert accepts_keyword(VersionedGenerator().update_weights, "version")
-    assert accepts_keyword(Kwargs().update_weights, "version")
-    assert not accepts_keyword(PlainGenerator().update_weights, "version")
     versioned = VersionedGenerator()
     weights = ReplicaWeights(versioned, "generator replica 0")
     weights.begin(7)
@@ -165,13 +159,17 @@ def test_incomplete_push_refuses_to_serve_until_a_later_push_completes() -> None
     weights.check_serving()  # the weights it was built with
     weights.begin(3)
     weights.load([("a", torch.zeros(2))])
-    with pytest.raises(IncompleteWeightsError) as info:
+    with pytest.raises(WeightPushIncompleteError) as info:
         weights.check_serving()
-    assert "generator replica 1" in str(info.value) and "(version 3)" in str(info.value)
+    assert str(info.value).startswith(
+        "generator replica 1 refuses to serve: the weight push of version 3 did not complete (it was still running)"
+    )
     weights.begin(4)  # the next push abandons the unfinished one ...
     assert len(generator.errors) == 1 and isinstance(generator.errors[0], PushAborted)
+    with pytest.raises(WeightPushIncompleteError, match="version 4 did not complete"):
+        weights.check_serving()
     weights.load([("a", torch.ones(2)), ("b", torch.ones(1))])
-    with pytest.raises(IncompleteWeightsError):
+    with pytest.raises(WeightPushIncompleteError):
         weights.check_serving()
     assert weights.end() >= 0.0  # ... and serves once it completes
     weights.check_serving()
@@ -187,7 +185,7 @@ def test_push_whose_update_weights_raises_leaves_the_replica_refusing() -> None:
         while time.monotonic() < deadline:  # the failure surfaces at the next bucket or at the end
             weights.load([("bad", torch.zeros(1))])
         weights.end()
-    with pytest.raises(IncompleteWeightsError):
+    with pytest.raises(WeightPushIncompleteError):
         weights.check_serving()
     assert weights.version is None
     with pytest.raises(RuntimeError, match="outside a push"):

@@ -21,7 +21,6 @@ from rlx.cluster.ray.environment import RayEnvironmentPool
 from rlx.cluster.ray.generator import RayGeneratorPool, WeightPush, replica_params
 from rlx.cluster.ray.placement import Placement, weight_transport
 from rlx.cluster.ray.pool import ActorPool, RayWorkerError, StepClock
-from rlx.cluster.ray.replica import IncompleteWeightsError
 from rlx.cluster.ray.stream import RayWeightStream
 from rlx.cluster.ray.trainer import RayTrainerGroup
 from rlx.config import ClusterConfig
@@ -130,7 +129,6 @@ def build_ray_components(selection: Selection, cfg: ClusterConfig, ctx: BuildCon
 
 __all__ = [
     "ActorPool",
-    "IncompleteWeightsError",
     "Placement",
     "RayComponents",
     "RayEnvironmentPool",

@@ -14,9 +14,11 @@ from typing import Any
 import ray
 
 from rlx.cluster.ray.placement import Placement, Transport
-from rlx.cluster.ray.pool import ActorPool, PoolBacked, RayWorkerError, StepClock
+from rlx.cluster.ray.pool import ActorPool, PoolBacked, StepClock
 from rlx.cluster.ray.replica import GeneratorActor
 from rlx.cluster.ray.stream import DEFAULT_BUCKET_BYTES, RayWeightStream
+from rlx.errors import WeightPushIncompleteError
+from rlx.generation import stamp_version
 from rlx.interfaces import Completion, NamedTensors, SamplingParams
 from rlx.plan import Choice
 from rlx.registry import BuildContext
@@ -75,7 +77,7 @@ class RayGeneratorPool(PoolBacked):
         self.bucket_bytes = bucket_bytes
         self.last_push: WeightPush | None = None
         self.clock = clock or StepClock()
-        self._failed_push: str | None = None  # why the last push did not complete
+        self._failed_push: str | None = None  # what the last push was and why it did not complete
         self._broadcast_epoch = 0  # groups made so far; a failed push makes the next one make a new group
         self._broadcast_ready = False
         labels = [f"generator replica {r}" for r in range(replicas)]
@@ -94,16 +96,19 @@ class RayGeneratorPool(PoolBacked):
     # ---------------------------------------------------------------------------------------- Generator
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        """Completions in prompt order; those whose replica did not say which version sampled them carry the
+        version of the last completed push."""
         if self._failed_push is not None:
-            raise RayWorkerError(
-                f"the generator pool refuses to generate: its last weight push did not complete, so replicas may hold "
-                f"a mix of old and new weights, until a later push completes. The push failed with: {self._failed_push}"
+            raise WeightPushIncompleteError(
+                f"the Ray generator pool refuses to serve: {self._failed_push}; replicas may hold a mix of old and "
+                "new weights. A later push that completes clears this"
             )
-        return self.pool.call_blocks(
+        groups = self.pool.call_blocks(
             "generate", len(prompts), lambda r, rows: ([list(p) for p in prompts[rows]], replica_params(params, r))
         )
+        return stamp_version(groups, self.clock.version)
 
-    def update_weights(self, weights: NamedTensors, *, version: int | None = None) -> None:
+    def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
         """Push new weights to every replica within one deadline (`cluster.timeout_s`): from trainer rank 0 straight
         to the replicas when `weights` is its stream (broadcast or object store, by `transport`), else bucketed from
         this process through the object store. A failure names the replica (or rank) and the step; the pool then
@@ -120,7 +125,8 @@ class RayGeneratorPool(PoolBacked):
                 self._push_object_store(weights, stats, deadline)
             load_seconds = max(self.pool.gather(self.pool.fan_out("end_update"), PUSH, deadline=deadline, breaks=False))
         except BaseException as exc:
-            self._failed_push = str(exc)
+            name = "an unversioned weight push" if version is None else f"the weight push of version {version}"
+            self._failed_push = f"{name} did not complete ({type(exc).__name__}: {exc})"
             self._broadcast_ready = False  # a broken collective cannot be reused: make a new group next time
             raise
         self._failed_push = None

@@ -4,8 +4,8 @@ serve until a later push completes (it may hold a mix of old and new weights).""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import inspect
 import queue
 import threading
 import time
@@ -16,7 +16,7 @@ import torch
 
 from rlx.cluster.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast
 from rlx.cluster.ray.pool import node_info
-from rlx.errors import RlxError
+from rlx.generation import WeightPushGuard, takes_version
 from rlx.interfaces import Completion, Generator, NamedTensors, SamplingParams
 from rlx.plan import Choice
 from rlx.registry import BuildContext
@@ -24,25 +24,8 @@ from rlx.registry import BuildContext
 Bucket = list[tuple[str, torch.Tensor]]
 
 
-class IncompleteWeightsError(RlxError):
-    """A replica was asked to generate while its last weight push had not completed."""
-
-
 class PushAborted(RuntimeError):
     """Raised inside a generator's `update_weights` when its push is abandoned (a later push replaces it)."""
-
-
-def accepts_keyword(function: Callable[..., Any], name: str) -> bool:
-    """Whether `function` can be called with keyword argument `name` (named, or through **kwargs)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: call it the plain way
-        return False
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD
-        or (p.name == name and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
-        for p in parameters
-    )
 
 
 class StreamingUpdate:
@@ -106,25 +89,34 @@ class StreamingUpdate:
 
 
 class ReplicaWeights:
-    """A replica's weight pushes: `begin(version)`, `load(bucket)` per bucket, `end()`. `version` is what it serves
-    (None: the weights it was built with, or pushed without one); `version` is forwarded to the generator's
-    `update_weights` only where its signature takes it."""
+    """A replica's weight pushes: `begin(version)`, `load(bucket)` per bucket, `end()`, spread over remote calls.
+
+    A `WeightPushGuard` (`rlx.generation`) spans each push from `begin` to `end`, so the replica refuses to serve
+    (`check_serving`) from the moment a push begins until one completes, whatever its generator does itself.
+    `version` reaches the generator's `update_weights` only where its signature takes it.
+    """
 
     def __init__(self, generator: Generator, label: str) -> None:
-        self.label = label
+        self.guard = WeightPushGuard(label)
         self._update_weights = generator.update_weights
-        self.forwards_version = accepts_keyword(generator.update_weights, "version")
-        self.version: int | None = None
-        self.complete = True
-        self._pending_version: int | None = None
+        self.forwards_version = takes_version(generator.update_weights)
         self._update: StreamingUpdate | None = None
+        self._scope: contextlib.ExitStack | None = None  # holds the guard's push open across remote calls
+
+    @property
+    def version(self) -> int | None:
+        """The version of the last completed push (None: the weights it was built with, or pushed without one)."""
+        return self.guard.version
 
     def begin(self, version: int | None) -> None:
         if self._update is not None:  # the previous push never ended: this one replaces it
-            update, self._update = self._update, None
-            update.abort()
-        self.complete = False
-        self._pending_version = version
+            update, scope = self._update, self._scope
+            self._update = self._scope = None
+            with contextlib.suppress(PushAborted), scope:  # type: ignore[union-attr]
+                update.abort()
+                raise PushAborted("a later push replaced it before it ended")
+        self._scope = contextlib.ExitStack()
+        self._scope.enter_context(self.guard.push(version))
         update_weights = self._update_weights
         if self.forwards_version:
             update_weights = functools.partial(update_weights, version=version)
@@ -132,7 +124,7 @@ class ReplicaWeights:
 
     def _current(self) -> StreamingUpdate:
         if self._update is None:
-            raise RuntimeError(f"{self.label}: a weight bucket arrived outside a push (begin_update first)")
+            raise RuntimeError(f"{self.guard.component}: a weight bucket arrived outside a push (begin_update first)")
         return self._update
 
     def load(self, bucket: Bucket) -> None:
@@ -140,18 +132,14 @@ class ReplicaWeights:
 
     def end(self) -> float:
         """Seconds update_weights took, begin to end; only now does the replica serve the new version."""
-        update, self._update = self._current(), None
-        seconds = update.finish()
-        self.complete, self.version = True, self._pending_version
-        return seconds
+        update, scope = self._current(), self._scope
+        self._update = self._scope = None
+        with scope:  # type: ignore[union-attr]  # the guard marks the push complete, or failed if finish raises
+            return update.finish()
 
     def check_serving(self) -> None:
-        if not self.complete:
-            version = "" if self._pending_version is None else f" (version {self._pending_version})"
-            raise IncompleteWeightsError(
-                f"{self.label}: its last weight push{version} began but did not complete, so it may hold a mix of "
-                "old and new weights; it refuses to serve until a later push completes"
-            )
+        """Raise WeightPushIncompleteError while the last push is incomplete."""
+        self.guard.check()
 
 
 class GeneratorActor:
