@@ -103,7 +103,11 @@ def main() -> None:
         try:
             prompts = [[5, 6, 7, 8], [9, 10, 11]] * args.replicas
             greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=8, seed=0)
-            fresh = generator.generate(prompts, greedy)
+
+            def tokens() -> list[list[tuple[int, ...]]]:  # not the completions: they carry the pushed version
+                return [[c.token_ids for c in group] for group in generator.generate(prompts, greedy)]
+
+            fresh = tokens()
             version = 0
             for transport in args.transports:
                 generator.transport = transport  # type: ignore[assignment]
@@ -112,7 +116,7 @@ def main() -> None:
                     version += 1
                     generator.update_weights(trainer.named_weights(), version=version)
                     seconds.append(generator.last_push.seconds)
-                    assert generator.generate(prompts, greedy) == fresh, f"{transport}: samples changed after the push"
+                    assert tokens() == fresh, f"{transport}: samples changed after the push"
                 push = generator.last_push
                 rows.append(
                     {

@@ -288,6 +288,11 @@ PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [7, 7]]
 GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=4, seed=0)
 
 
+def greedy_tokens(generator) -> list[list[tuple[int, ...]]]:
+    """The greedy token ids for PROMPTS (the completions' policy_version changes with every push)."""
+    return [[c.token_ids for c in group] for group in generator.generate(PROMPTS, GREEDY)]
+
+
 def build_direct(plan: Plan) -> tuple[Components, object]:
     """The plan's components, built as `rlx run` builds them (the environment first: it resolves the model)."""
     from rich.console import Console
@@ -314,7 +319,7 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
     try:
         generator, trainer = components.generator, components.trainer
         generator.timeout_s = 20  # the deadline of every later call (start-up on a busy CPU takes longer)
-        before = generator.generate(PROMPTS, GREEDY)
+        before = greedy_tokens(generator)
 
         weights = list(trainer.named_weights())  # fetched to the driver: the generic consumer path
         noise = torch.Generator().manual_seed(0)
@@ -322,10 +327,10 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
         generator.update_weights(iter([(n, t + torch.randn(t.shape, generator=noise)) for n, t in weights]))
         push = generator.last_push
         assert push.transport == "object-store" and push.buckets > 1 and push.tensors == len(weights)
-        assert generator.generate(PROMPTS, GREEDY) != before
+        assert greedy_tokens(generator) != before
         generator.update_weights(trainer.named_weights(), version=3)  # rank 0 -> replicas, never through the driver
         assert generator.last_push.tensors == len(weights) and generator.last_push.version == 3
-        assert generator.generate(PROMPTS, GREEDY) == before
+        assert greedy_tokens(generator) == before
 
         assert components.env.problems("train") is env.problems("train")
         problems = list(env.problems("train")[:6])
@@ -370,7 +375,7 @@ def assert_failed_pushes_refuse_until_a_later_push(generator, trainer, *, replic
             assert refusal in str(info.value)
     os.kill(pid, signal.SIGCONT)
     generator.update_weights(trainer.named_weights(), version=version + 1)
-    assert generator.last_push.version == version + 1 and generator.generate(PROMPTS, GREEDY) == expected
+    assert generator.last_push.version == version + 1 and greedy_tokens(generator) == expected
     ray.kill(generator.actors[replica], no_restart=True)
     with pytest.raises(RayWorkerError) as info:
         generator.update_weights(trainer.named_weights(), version=version + 2)
@@ -397,18 +402,19 @@ def test_broadcast_push_over_gloo_fails_on_a_stuck_or_dead_replica_and_refuses_u
         generator, trainer = components.generator, components.trainer
         generator.timeout_s = 20
         generator.bucket_bytes = 64 << 10
-        before = generator.generate(PROMPTS, GREEDY)
+        before = greedy_tokens(generator)
         weights = list(trainer.named_weights())
         noise = torch.Generator().manual_seed(0)
         generator.update_weights(iter([(n, t + torch.randn(t.shape, generator=noise)) for n, t in weights]))
         assert generator.last_push.transport == "object-store"  # from the driver: never a broadcast
-        assert generator.generate(PROMPTS, GREEDY) != before
+        assert greedy_tokens(generator) != before
 
         generator.update_weights(trainer.named_weights(), version=7)
         push = generator.last_push
         assert (push.transport, push.version, push.tensors) == ("gloo", 7, len(weights))
+        assert {c.policy_version for group in generator.generate(PROMPTS, GREEDY) for c in group} == {7}
         assert push.bytes == sum(t.numel() * t.element_size() for _, t in weights) and push.buckets > 1
-        assert generator.generate(PROMPTS, GREEDY) == before
+        assert greedy_tokens(generator) == before
 
         assert_failed_pushes_refuse_until_a_later_push(generator, trainer, replica=1, version=8, expected=before)
     finally:

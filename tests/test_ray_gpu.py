@@ -20,11 +20,10 @@ pytestmark = [
 ]
 
 from tests.test_ray import (  # noqa: E402
-    GREEDY,
-    PROMPTS,
     _assert_all_stopped,
     assert_failed_pushes_refuse_until_a_later_push,
     build_direct,
+    greedy_tokens,
     make_plan,
 )
 
@@ -54,18 +53,18 @@ def test_nccl_push_between_separate_gpu_pools(gpu_ray, tmp_path):
         assert len(gpus) == 2, f"trainer and generator share a GPU: {trainer.placement() + generator.placement()}"
         assert generator.transport == "nccl"  # cluster.ray.weight_transport=auto, separate GPU pools
         generator.timeout_s = 60
-        before = generator.generate(PROMPTS, GREEDY)  # the freshly built engine
+        before = greedy_tokens(generator)  # the freshly built engine
 
         weights = list(trainer.named_weights())
         noise = torch.Generator().manual_seed(0)
         generator.update_weights(iter([(n, t.cpu() + torch.randn(t.shape, generator=noise)) for n, t in weights]))
-        assert generator.generate(PROMPTS, GREEDY) != before
+        assert greedy_tokens(generator) != before
         generator.bucket_bytes = 64 << 10  # several buckets even for the tiny model
         generator.update_weights(trainer.named_weights(), version=1)
         push = generator.last_push
         assert (push.transport, push.version, push.tensors) == ("nccl", 1, len(weights)) and push.buckets > 1
         print(f"nccl push: {push.bytes / 1e6:.1f} MB in {push.buckets} buckets, {push.seconds:.3f} s")
-        assert generator.generate(PROMPTS, GREEDY) == before  # the same weights as the fresh engine
+        assert greedy_tokens(generator) == before  # the same weights as the fresh engine
 
         generator.timeout_s = 20
         assert_failed_pushes_refuse_until_a_later_push(generator, trainer, replica=0, version=2, expected=before)
