@@ -72,3 +72,10 @@ def test_error_text_in_square_brackets_is_printed_as_is():
     """Messages quote user input and install commands (pip install 'rlx-sglang[engine]'): not rich markup."""
     out = _rlx("run", "--dry-run", "grpo.num_generations=x[engine]")
     assert out.returncode == 2 and "x[engine]" in out.stderr, out.stderr
+
+
+def test_misspelt_policy_loss_fails_in_one_line_naming_gspo():
+    out = _rlx("run", "--dry-run", "grpo.policy_loss=gsp", COLUMNS="200")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "grpo.policy_loss" in lines[0] and "Did you mean 'gspo'" in lines[0], out.stderr

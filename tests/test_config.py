@@ -133,3 +133,37 @@ def test_sglang_variant_recipe_validates_against_the_sglang_config():
     assert cfg.grpo.prompts_per_step == 128 and float(cfg.trainer.options()["lr"]) == 2e-6
     spec = catalog().get("generator", "sglang")  # the engine itself need not be installed to validate
     assert component_config(cfg.generator, spec.config, "generator").mem_fraction_static == 0.6
+
+
+def test_algorithm_recipes_dry_run_clean():
+    from .conftest import REPO
+
+    dapo = resolve_plan(build_config(REPO / "recipes/dapo-deepscaler-1.5b-8k.yaml"))
+    g = dapo.config.grpo
+    assert (g.advantage, g.policy_loss, g.loss_agg, g.clip_low, g.clip_high, g.kl_coef) == (
+        "grpo", "ppo_clip", "token", 0.2, 0.28, 0.0)
+    assert g.dynamic_sampling.enabled and g.overlong.soft_penalty_tokens == 1024 and g.overlong.penalty == 1.0
+    assert g.prompts_per_step == 128 and dapo.config.model.max_seq_len == 8192  # the DeepScaleR base
+    gspo = resolve_plan(build_config(REPO / "recipes/gspo-deepscaler-1.5b-8k.yaml"))
+    g = gspo.config.grpo
+    assert (g.policy_loss, g.loss_agg, g.clip_low, g.clip_high) == ("gspo", "sequence", 3e-4, 4e-4)
+    assert "policy loss gspo (clip 0.0003/0.0004)" in gspo.describe()
+    assert "dynamic sampling on, up to 10 rounds" in dapo.describe()
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("grpo.policy_loss=gsp", r"grpo.policy_loss: unknown policy loss 'gsp'.*Did you mean 'gspo'"),
+    ("grpo.advantage=rlo", r"grpo.advantage: unknown advantage estimator 'rlo'.*Did you mean 'rloo'"),
+    ("grpo.loss_agg=dr-grpo", r"grpo.loss_agg: unknown loss aggregation 'dr-grpo'.*Did you mean 'dr_grpo'"),
+    ("grpo.mismatch_correction.kind=icepob", r"unknown mismatch correction 'icepob'.*Did you mean 'icepop'"),
+])
+def test_unknown_algorithm_option_names_the_closest(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        resolve_plan(build_config(None, [override]))
+
+
+def test_algorithm_sections_reject_typos():
+    with pytest.raises(ConfigError, match=r"grpo.dynamic_sampling.enable'.*Did you mean 'enabled'"):
+        build_config(None, ["grpo.dynamic_sampling.enable=true"])
+    with pytest.raises(ConfigError, match=r"grpo.mismatch_correction.level"):
+        build_config(None, ["grpo.mismatch_correction.level=tokens"])

@@ -21,7 +21,8 @@ def _signature(name: str) -> str:
 
 
 def test_there_are_hooks():
-    assert set(HOOKS) == {"register_generators", "register_trainers", "register_environments", "register_commands"}
+    assert set(HOOKS) == {"register_generators", "register_trainers", "register_environments", "register_algorithms",
+                          "register_commands"}
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -1,4 +1,5 @@
-"""group_advantages against hand-computed values: mean and leave-one-out baselines, with and without std."""
+"""Advantages against hand-computed values: group_advantages (mean and leave-one-out baselines, with and without
+std) and the registered estimators grpo, rloo and reinforce_pp."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 import pytest
 import torch
 
-from rlx.grpo.advantages import group_advantages
+from rlx.algorithms import AdvantageOptions
+from rlx.grpo.advantages import group_advantages, grpo_advantages, reinforce_pp_advantages, rloo_advantages
 
 
 def adv(rows, **kw):
@@ -107,3 +109,46 @@ def test_integer_rewards_give_float32_and_bad_baseline_is_named():
     close(got, [[0.5, -0.5]])
     with pytest.raises(ValueError, match="leave_one_out"):
         group_advantages(torch.ones(1, 2), baseline="median")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- registered estimators
+
+OPTS = AdvantageOptions(baseline="mean", normalize_std=True, eps=0.0)
+
+
+def test_grpo_estimator_passes_its_options():
+    rows = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    close(grpo_advantages(rows, OPTS), [[0.8660254, -0.8660254, -0.8660254, 0.8660254]])
+    # Dr. GRPO's "no std" is the grpo estimator with normalize_std=false
+    close(grpo_advantages(rows, AdvantageOptions(normalize_std=False)), [[0.5, -0.5, -0.5, 0.5]])
+    close(grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), AdvantageOptions("leave_one_out", False)),
+          [[-8 / 3, -4 / 3, 0.0, 4.0]])
+
+
+def test_rloo_is_leave_one_out_without_std_whatever_the_options():
+    # [1,2,3,6]: r_i - mean of the others = G/(G-1) (r_i - 3) = 4/3 * [-2, -1, 0, 3]
+    for opts in (OPTS, AdvantageOptions(normalize_std=False)):
+        close(rloo_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), opts), [[-8 / 3, -4 / 3, 0.0, 4.0]])
+    # all-equal group and G = 1: exactly zero
+    assert torch.equal(rloo_advantages(torch.tensor([[0.7, 0.7, 0.7], [1.0, 1.0, 1.0]]), OPTS), torch.zeros(2, 3))
+    assert torch.equal(rloo_advantages(torch.tensor([[1.0], [0.0]]), OPTS), torch.zeros(2, 1))
+
+
+def test_reinforce_pp_normalises_over_the_whole_batch():
+    # group means 0.5 and 0.75 -> centred [.5,-.5,-.5,.5], [.25,.25,.25,-.75]; batch mean 0;
+    # unbiased batch variance (4 * .25 + 3 * .0625 + .5625) / 7 = 0.25 -> std 0.5
+    got = reinforce_pp_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]]), OPTS)
+    close(got, [[1.0, -1.0, -1.0, 1.0], [0.5, 0.5, 0.5, -1.5]])
+
+
+def test_reinforce_pp_constant_groups_and_single_samples():
+    # the all-equal group stays 0 but counts in the batch std: centred [0, 0], [-.5, .5], var 0.5 / 3
+    s = math.sqrt(0.5 / 3)
+    close(reinforce_pp_advantages(torch.tensor([[1.0, 1.0], [0.0, 1.0]]), OPTS), [[0.0, 0.0], [-0.5 / s, 0.5 / s]])
+    # G = 1 (plain REINFORCE++): no group baseline, batch mean 0.5, unbiased std sqrt(1/3)
+    t = math.sqrt(1 / 3)
+    close(reinforce_pp_advantages(torch.tensor([[1.0], [0.0], [0.0], [1.0]]), OPTS),
+          [[0.5 / t], [-0.5 / t], [-0.5 / t], [0.5 / t]])
+    # no spread anywhere: zero, never NaN
+    assert torch.equal(reinforce_pp_advantages(torch.ones(3, 4), OPTS), torch.zeros(3, 4))
+    assert torch.equal(reinforce_pp_advantages(torch.ones(1, 1), OPTS), torch.zeros(1, 1))

@@ -1,4 +1,5 @@
-"""policy_loss, kl_k3 and the loss aggregations against hand-computed values, and micro-batch invariance."""
+"""The loss aggregations, the policy losses (ppo_clip, gspo, gspo_token, cispo), kl_k3 and policy_loss against
+hand-computed values, and micro-batch invariance for every loss x aggregation."""
 
 from __future__ import annotations
 
@@ -9,8 +10,26 @@ import pickle
 import pytest
 import torch
 
-from rlx.grpo.losses import LOSS_AGGREGATIONS, kl_k3, policy_loss, register_loss_aggregation
+from rlx.algorithms import AggregationOptions
+from rlx.grpo.losses import (
+    cispo,
+    dr_grpo_weights,
+    gspo,
+    gspo_token,
+    kl_k3,
+    policy_loss,
+    ppo_clip,
+    sequence_mean_weights,
+    token_mean_weights,
+)
 from rlx.interfaces import TrainBatch
+
+OPTIONS = AggregationOptions(max_completion_tokens=5, sequences_per_mini_batch=4)
+AGGREGATIONS = {"token": token_mean_weights, "sequence": sequence_mean_weights, "dr_grpo": dr_grpo_weights}
+
+
+def aggregate(name: str, mask: torch.Tensor, options: AggregationOptions = OPTIONS) -> torch.Tensor:
+    return AGGREGATIONS[name](mask, options)
 
 
 def make_batch(
@@ -19,6 +38,7 @@ def make_batch(
     mask: torch.Tensor | None = None,
     ref: torch.Tensor | None = None,
     agg: str = "token",
+    is_weights: torch.Tensor | None = None,
 ) -> TrainBatch:
     mask = torch.ones_like(old, dtype=torch.bool) if mask is None else mask
     ids = torch.zeros(old.shape, dtype=torch.long)
@@ -28,8 +48,9 @@ def make_batch(
         completion_mask=mask,
         old_logprobs=old,
         advantages=torch.tensor(advantages, dtype=torch.float32),
-        loss_weights=LOSS_AGGREGATIONS[agg](mask),
+        loss_weights=aggregate(agg, mask),
         ref_logprobs=ref,
+        is_weights=is_weights,
     )
 
 
@@ -46,27 +67,35 @@ def with_ratios(ratios) -> tuple[torch.Tensor, torch.Tensor]:
 def test_token_aggregation_values():
     mask = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0]], dtype=torch.bool)  # 4 valid tokens
     expected = torch.tensor([[0, 0.25, 0.25, 0.25], [0, 0.25, 0, 0]])
-    torch.testing.assert_close(LOSS_AGGREGATIONS["token"](mask), expected)
+    torch.testing.assert_close(aggregate("token", mask), expected)
 
 
 def test_sequence_aggregation_values():
     mask = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0]], dtype=torch.bool)  # lengths 3 and 1, B = 2
     expected = torch.tensor([[0, 1 / 6, 1 / 6, 1 / 6], [0, 0.5, 0, 0]])
-    torch.testing.assert_close(LOSS_AGGREGATIONS["sequence"](mask), expected)
+    torch.testing.assert_close(aggregate("sequence", mask), expected)
     # an empty completion gets no weight and does not count in B
     mask = torch.tensor([[1, 1], [0, 0]], dtype=torch.bool)
-    torch.testing.assert_close(LOSS_AGGREGATIONS["sequence"](mask), torch.tensor([[0.5, 0.5], [0, 0]]))
+    torch.testing.assert_close(aggregate("sequence", mask), torch.tensor([[0.5, 0.5], [0, 0]]))
 
 
 def test_empty_mask_gives_zero_weights():
     mask = torch.zeros(2, 3, dtype=torch.bool)
-    for name in ("token", "sequence"):
-        assert torch.equal(LOSS_AGGREGATIONS[name](mask), torch.zeros(2, 3))
+    for name in AGGREGATIONS:
+        assert torch.equal(aggregate(name, mask), torch.zeros(2, 3))
 
 
-def test_registering_a_taken_name_is_an_error():
-    with pytest.raises(ValueError, match="already registered"):
-        register_loss_aggregation("token")(lambda m: m.float())
+def test_dr_grpo_aggregation_divides_by_run_constants():
+    # mini_batch_size 4, max_new_tokens 5: every valid token weighs 1 / 20, whatever the lengths
+    mask = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0]], dtype=torch.bool)
+    expected = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0]]) / 20
+    torch.testing.assert_close(aggregate("dr_grpo", mask), expected)
+    # a sequence's weights do not depend on the other sequences (no length bias): row 0 alone, same weights
+    torch.testing.assert_close(aggregate("dr_grpo", mask[:1]), expected[:1])
+    # and the loss of a sequence is its token sum / 20: A = 1, ratio 1 -> -3/20 - 1/20
+    old, new = with_ratios([[1.0] * 4, [1.0] * 4])
+    loss, _ = policy_loss(new, make_batch(old, [1.0, 1.0], mask, agg="dr_grpo"))
+    assert loss.item() == pytest.approx(-4 / 20, abs=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------- clipped loss
@@ -126,6 +155,109 @@ def test_sequence_aggregation_in_the_loss():
 # ---------------------------------------------------------------------------------------------- KL
 
 
+def test_all_tokens_clipped_gives_no_gradient():
+    # A=+1 with every ratio above 1 + high, A=-1 with every ratio below 1 - low: the clipped branch everywhere
+    old, new = with_ratios([[1.5, 2.0], [0.5, 0.1]])
+    loss, m = policy_loss(new, make_batch(old, [1.0, -1.0]), clip_low=0.2, clip_high=0.28)
+    # (-1.28 - 1.28 + 0.8 + 0.8) / 4
+    assert loss.item() == pytest.approx(-0.96 / 4, abs=1e-6)
+    loss.backward()
+    assert torch.equal(new.grad, torch.zeros(2, 2))
+    assert m["clip_frac"].item() == pytest.approx(1.0) and m["clip_seqs"].item() == 2.0
+    assert m["clip_frac_high"].item() == pytest.approx(0.5) and m["clip_frac_low"].item() == pytest.approx(0.5)
+
+
+def test_one_token_completion():
+    # B=1, one valid token with ratio 1.1, A = 2: unclipped (1.1 < 1.2): loss -2.2, gradient -A*ratio = -2.2
+    old, new = with_ratios([[1.1, 1.0]])
+    mask = torch.tensor([[True, False]])
+    for surrogate in (ppo_clip, gspo, gspo_token):
+        fresh = new.detach().clone().requires_grad_()
+        loss, m = policy_loss(fresh, make_batch(old, [2.0], mask, agg="sequence"), surrogate=surrogate)
+        assert loss.item() == pytest.approx(-2.2, abs=1e-6), surrogate.__name__
+        loss.backward()
+        torch.testing.assert_close(fresh.grad, torch.tensor([[-2.2, 0.0]]))
+        assert m["clip_seqs"].item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- GSPO
+
+
+@pytest.mark.parametrize("surrogate", [gspo, gspo_token])
+def test_gspo_sequence_ratio_and_sequence_clipping(surrogate):
+    # seq 0: token ratios 2 and 0.5 -> geometric mean s = 1 (unclipped), A = -1 -> loss_0 = +1;
+    #        ds/dlog_ratio_t = s / 2 = 0.5 per token, times its loss weight share
+    # seq 1: one token, ratio 1.5 -> s = 1.5 > 1 + 0.2 with A = +1: clipped, loss_1 = -1.2, no gradient
+    old, new = with_ratios([[2.0, 0.5], [1.5, 1.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    loss, m = policy_loss(new, make_batch(old, [-1.0, 1.0], mask, agg="sequence"), surrogate=surrogate,
+                          clip_low=0.2, clip_high=0.2)
+    # sequence mean: (1 + (-1.2)) / 2
+    assert loss.item() == pytest.approx(-0.1, abs=1e-6)
+    loss.backward()
+    # d loss / d new_0,t = 0.5 (sequence weight) * 0.5 (ds/dlr_t, A = -1)
+    torch.testing.assert_close(new.grad, torch.tensor([[0.25, 0.25], [0.0, 0.0]]))
+    assert m["clip_seqs"].item() == 1.0
+    assert m["clip_frac"].item() == pytest.approx(0.5, abs=1e-6)  # seq 1 holds half of the loss weight
+    assert m["clip_frac_high"].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_gspo_token_equals_gspo_with_sequence_advantages():
+    gen = torch.Generator().manual_seed(3)
+    old = -torch.rand(4, 6, generator=gen)
+    new0 = old + 0.1 * torch.randn(4, 6, generator=gen)
+    mask = torch.rand(4, 6, generator=gen) > 0.3
+    mask[:, 0] = True
+    adv = torch.randn(4, generator=gen).tolist()
+    for agg in AGGREGATIONS:
+        results = []
+        for surrogate in (gspo, gspo_token):
+            new = new0.clone().requires_grad_()
+            loss, m = policy_loss(new, make_batch(old, adv, mask, agg=agg), surrogate=surrogate,
+                                  clip_low=0.01, clip_high=0.015)
+            loss.backward()
+            results.append((loss.detach(), new.grad, {k: v.item() for k, v in m.items()}))
+        (la, ga, ma), (lb, gb, mb) = results
+        torch.testing.assert_close(la, lb)
+        torch.testing.assert_close(ga, gb)
+        assert ma == pytest.approx(mb)
+        assert 0 < ma["clip_seqs"] < 4  # some sequences clipped, some not
+
+
+# ---------------------------------------------------------------------------------------------- CISPO
+
+
+def test_cispo_clips_the_weight_and_keeps_every_gradient():
+    # ratios 1.5, 0.5, 1.1 with A = +1, clip 0.2 / 0.28: weights 1.28, 0.8, 1.1 (stop-gradient)
+    old, new = with_ratios([[1.5, 0.5, 1.1]])
+    loss, m = policy_loss(new, make_batch(old, [1.0]), surrogate=cispo, clip_low=0.2, clip_high=0.28)
+    assert loss.item() == pytest.approx(-(1.28 + 0.8 + 1.1) / 3, abs=1e-6)
+    loss.backward()
+    # gradient -A * w_t * d log pi / d new = -w_t, times 1/3: clipped tokens still learn (unlike ppo_clip)
+    torch.testing.assert_close(new.grad, torch.tensor([[-1.28, -0.8, -1.1]]) / 3)
+    assert m["clip_frac"].item() == pytest.approx(2 / 3, abs=1e-6)
+    assert m["clip_frac_low"].item() == pytest.approx(1 / 3, abs=1e-6)
+    assert m["clip_frac_high"].item() == pytest.approx(1 / 3, abs=1e-6)
+    assert m["clip_seqs"].item() == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- mismatch weights
+
+
+def test_is_weights_multiply_the_policy_gradient_term_only():
+    # ratios 1, A = [1, -1], is_weights 2 and 0 (masked) on seq 0, 0.5 on seq 1; KL on with ref = old
+    old, new = with_ratios([[1.0, 1.0], [1.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    w = torch.tensor([[2.0, 0.0], [0.5, 0.0]])
+    batch = make_batch(old, [1.0, -1.0], mask, ref=old.clone(), is_weights=w)
+    loss, m = policy_loss(new, batch, kl_coef=0.1)
+    # token mean of is_w * (-A * 1): (-2 + 0 + 0.5) / 3; kl is 0 at ref = new
+    assert loss.item() == pytest.approx(-1.5 / 3, abs=1e-6)
+    assert m["is_weight_mean"].item() == pytest.approx(2.5 / 3, abs=1e-6)
+    loss.backward()
+    torch.testing.assert_close(new.grad, torch.tensor([[-2.0, 0.0], [0.5, 0.0]]) / 3)
+
+
 def test_kl_k3_values():
     # d = ref - logp: 0 -> 0; ln 2 -> 2 - ln2 - 1; -ln 2 -> 0.5 + ln2 - 1; 1 -> e - 2
     logp = torch.tensor([[-1.0, math.log(0.25), math.log(0.5), -2.0]])
@@ -171,9 +303,11 @@ def test_partial_is_picklable():
 # ---------------------------------------------------------------------------------------------- invariance
 
 
-@pytest.mark.parametrize("agg", ["token", "sequence"])
-def test_micro_batch_split_gives_the_same_gradient(agg):
-    """Gradient of a tiny linear policy: the full batch equals the sum over 1, 2, 4 and 8 micro-batches."""
+@pytest.mark.parametrize("agg", sorted(AGGREGATIONS))
+@pytest.mark.parametrize("surrogate", [ppo_clip, gspo, gspo_token, cispo], ids=lambda f: f.__name__)
+def test_micro_batch_split_gives_the_same_gradient(agg, surrogate):
+    """Gradient of a tiny linear policy: the full batch equals the sum over 1, 2, 4 and 8 micro-batches (whole
+    sequences each), for every policy loss and aggregation, with mismatch weights and the KL term on."""
     gen = torch.Generator().manual_seed(0)
     b, t, d, v = 8, 7, 5, 11
     feats = torch.randn(b, t, d, generator=gen)
@@ -196,10 +330,14 @@ def test_micro_batch_split_gives_the_same_gradient(agg):
         completion_mask=mask,
         old_logprobs=old,
         advantages=torch.randn(b, generator=gen),
-        loss_weights=LOSS_AGGREGATIONS[agg](mask),  # computed once, on the global batch
+        loss_weights=aggregate(agg, mask, AggregationOptions(max_completion_tokens=t, sequences_per_mini_batch=b)),
         ref_logprobs=ref,
+        is_weights=torch.rand(b, t, generator=gen) * 2,
     )
-    loss_fn = functools.partial(policy_loss, clip_low=0.1, clip_high=0.15, dual_clip=2.0, kl_coef=0.05)
+    # a clip range the ratios cross (per token and per sequence)
+    clip = (0.1, 0.15) if surrogate in (ppo_clip, cispo) else (0.01, 0.015)
+    loss_fn = functools.partial(policy_loss, surrogate=surrogate, clip_low=clip[0], clip_high=clip[1], dual_clip=2.0,
+                                kl_coef=0.05)
 
     def grad_and_metrics(splits: int) -> tuple[torch.Tensor, dict[str, float]]:
         w = weight0.clone().requires_grad_()
@@ -208,7 +346,8 @@ def test_micro_batch_split_gives_the_same_gradient(agg):
             sl = slice(int(rows[0]), int(rows[-1]) + 1)
             part = TrainBatch(
                 **{k: getattr(full, k)[sl] for k in ("input_ids", "attention_mask", "completion_mask")},
-                **{k: getattr(full, k)[sl] for k in ("old_logprobs", "advantages", "loss_weights", "ref_logprobs")},
+                **{k: getattr(full, k)[sl] for k in ("old_logprobs", "advantages", "loss_weights", "ref_logprobs",
+                                                     "is_weights")},
             )
             loss, metrics = loss_fn(logprobs(w, sl), part)
             loss.backward()  # gradients accumulate (sum) in w.grad
@@ -224,3 +363,16 @@ def test_micro_batch_split_gives_the_same_gradient(agg):
         assert m.keys() == m1.keys()
         for k in m1:
             assert m[k] == pytest.approx(m1[k], abs=1e-6), k
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "gspo_token", "cispo"])
+def test_selected_loss_fn_is_picklable(name):
+    """The loss travels to trainer processes (local spawn, Ray actors) by pickle."""
+    from rlx.algorithms import select_algorithms
+    from rlx.config import GRPOConfig
+
+    fn = select_algorithms(GRPOConfig(policy_loss=name, clip_high=0.28)).loss_fn()
+    again = pickle.loads(pickle.dumps(fn))
+    old, new = with_ratios([[1.5, 0.5]])
+    batch = make_batch(old, [1.0])
+    assert again(new, batch)[0].item() == fn(new, batch)[0].item()

@@ -13,7 +13,8 @@ import typer
 from pydantic import BaseModel, ConfigDict
 
 import rlx
-from rlx.errors import ComponentError, PluginError
+from rlx.errors import ComponentError, ConfigError, PluginError
+from rlx.plan import resolve_plan
 from rlx.plugins import PluginManager, catalog, load_plugins
 
 
@@ -60,6 +61,44 @@ def test_hook_register_commands(register_plugin):
     load_plugins([(p, i) for p, i in __import__("rlx.plugins").plugins._EXTRA]).add_commands(app)
     result = CliRunner().invoke(app, ["hello-throwaway"])
     assert result.exit_code == 0 and "hello from a plugin" in result.output
+
+
+def _halved_grpo(rewards, options):
+    """A throwaway advantage estimator: half of grpo's."""
+    from rlx.grpo.advantages import grpo_advantages
+
+    return grpo_advantages(rewards, options) / 2
+
+
+def test_hook_register_algorithms(register_plugin):
+    from rlx.algorithms import select_algorithms
+    from rlx.config import build_config
+    from rlx.plugins import algorithm_catalog
+
+    register_plugin(_plugin(register_algorithms=lambda registry: registry.add_advantage_estimator(
+        "halved_grpo", _halved_grpo)), "throwaway")
+    cat = algorithm_catalog()
+    spec = cat.get("advantage_estimator", "halved_grpo")
+    assert spec.plugin.name == "throwaway" and spec.description == "A throwaway advantage estimator: half of grpo's."
+    assert cat.get("policy_loss", "gspo").plugin.origin == "builtin"  # builtins go through the same hook
+    algorithms = select_algorithms(build_config(None, ["grpo.advantage=halved_grpo"]).grpo, cat)
+    import torch
+
+    # grpo of [1, 0]: +-0.5 / std (sqrt(0.5)), halved
+    assert algorithms.advantages(torch.tensor([[1.0, 0.0]]))[0].tolist() == pytest.approx([0.35355, -0.35355], abs=1e-5)
+    # the run resolves against the same registry: a plugin's name is valid config, a typo of it is named
+    resolve_plan(build_config(None, ["grpo.advantage=halved_grpo"]))
+    with pytest.raises(ConfigError, match=r"grpo.advantage: unknown advantage estimator 'halved_grp'.*halved_grpo"):
+        resolve_plan(build_config(None, ["grpo.advantage=halved_grp"]))
+
+
+def test_algorithm_name_clash_names_both_plugins(register_plugin):
+    from rlx.plugins import algorithm_catalog
+
+    register_plugin(_plugin(register_algorithms=lambda registry: registry.add_policy_loss("gspo", _halved_grpo)),
+                    "impostor")
+    with pytest.raises(PluginError, match=r"policy loss named 'gspo'.*rlx.*impostor"):
+        algorithm_catalog()
 
 
 def test_builtins_register_through_hooks():

@@ -41,24 +41,54 @@ class ComponentSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class DynamicSamplingConfig(Strict):
+    """DAPO dynamic sampling: drop groups whose rewards all agree, draw more prompts until the step is full."""
+
+    enabled: bool = False
+    max_rounds: int = Field(3, gt=0, description="generation rounds per step, the first included")
+
+
+class OverlongConfig(Strict):
+    """DAPO's handling of completions that reach the token limit."""
+
+    filter: bool = Field(False, description="truncated completions carry no loss")
+    soft_penalty_tokens: int = Field(0, ge=0, description="L_cache: linear length penalty in the last N tokens (0 = off)")
+    penalty: float = Field(1.0, ge=0, description="the penalty at the limit (subtracted from the reward)")
+
+
+class MismatchCorrectionConfig(Strict):
+    """Importance weights between the trainer's pi_old and the generator's log-probs (`kind` is registered)."""
+
+    kind: str = Field("none", description="a registered mismatch correction: none | tis | mis | icepop")
+    level: Literal["token", "sequence"] = "token"
+    cap: float = Field(2.0, gt=0, description="upper bound of the weight (tis truncates, mis/icepop mask above it)")
+    lower: float = Field(0.5, ge=0, description="icepop: lower bound of the kept weights")
+
+
 class GRPOConfig(Strict):
-    """The GRPO algorithm. Defaults follow DeepSeekMath/DeepScaleR."""
+    """The GRPO algorithm. Defaults follow DeepSeekMath/DeepScaleR. `advantage`, `policy_loss`, `loss_agg` and
+    `mismatch_correction.kind` name registered options (checked against the plugins when the run is resolved)."""
 
     prompts_per_step: int = Field(128, gt=0)
     num_generations: int = Field(8, gt=0, description="G: completions per prompt")
     mini_batch_size: int = Field(64, gt=0, description="sequences per optimizer step")
     epochs_per_step: int = Field(1, gt=0, description="passes over the step's rollouts")
-    baseline: Literal["mean", "leave_one_out"] = "mean"
-    normalize_std: bool = True
-    loss_agg: str = Field("token", description="a registered loss aggregation: token | sequence")
+    advantage: str = Field("grpo", description="a registered advantage estimator: grpo | rloo | reinforce_pp")
+    baseline: Literal["mean", "leave_one_out"] = Field("mean", description="the grpo estimator's baseline")
+    normalize_std: bool = Field(True, description="the grpo estimator divides by the group std (false: Dr. GRPO)")
+    policy_loss: str = Field("ppo_clip", description="a registered policy loss: ppo_clip | gspo | gspo_token | cispo")
+    loss_agg: str = Field("token", description="a registered loss aggregation: token | sequence | dr_grpo")
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0)
-    dual_clip: float | None = Field(None, gt=1.0, description="dual-clip constant c > 1 (None = off)")
+    dual_clip: float | None = Field(None, gt=1.0, description="dual-clip constant c > 1 (None = off; ppo_clip)")
     kl_coef: float = Field(0.0, ge=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = -1
     max_new_tokens: int = Field(256, gt=0)
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    mismatch_correction: MismatchCorrectionConfig = Field(default_factory=MismatchCorrectionConfig)
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
@@ -66,13 +96,6 @@ class GRPOConfig(Strict):
         if total % self.mini_batch_size:
             raise ValueError(
                 f"mini_batch_size ({self.mini_batch_size}) must divide prompts_per_step x num_generations ({total})"
-            )
-        from rlx.grpo.losses import LOSS_AGGREGATIONS
-
-        if self.loss_agg not in LOSS_AGGREGATIONS:
-            raise ValueError(
-                f"loss_agg '{self.loss_agg}' is not one of {sorted(LOSS_AGGREGATIONS)}"
-                + did_you_mean(self.loss_agg, LOSS_AGGREGATIONS)
             )
         return self
 

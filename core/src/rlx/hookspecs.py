@@ -13,6 +13,7 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
+    from rlx.algorithms import AlgorithmRegistry
     from rlx.registry import ComponentRegistry
 
 PROJECT = "rlx"
@@ -41,6 +42,16 @@ def register_environments(registry: ComponentRegistry) -> None:
     """Register environment components: `registry.add(name, config=Model, factory="mod:attr")`.
 
     The factory is called as `factory(config, *, seed: int)` and returns an `Environment`.
+    """
+
+
+@hookspec
+def register_algorithms(registry: AlgorithmRegistry) -> None:
+    """Register algorithm options by name: `registry.add_advantage_estimator(name, fn)`, `add_policy_loss`,
+    `add_loss_aggregation`, `add_mismatch_correction` (signatures in `rlx.algorithms`).
+
+    Selected by `grpo.advantage`, `grpo.policy_loss`, `grpo.loss_agg`, `grpo.mismatch_correction.kind`.
+    Collected only when a run is resolved (not by `rlx plugins list`), so the functions may import torch.
     """
 
 

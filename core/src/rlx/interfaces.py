@@ -187,6 +187,8 @@ class TrainBatch(TokenBatch):
                    gradients over micro-batches and ranks: the update is exact for any split.
     ref_logprobs:  (B, T) float32 or None, reference policy log-probabilities (only when the KL term is on)
     generator_logprobs: (B, T) float32 or None, the generator's log-probabilities (for metrics only)
+    is_weights:    (B, T) float32 or None, train/generator mismatch importance weights pi_old / pi_generator
+                   (constants, no grad; 0 = masked), multiplying the policy-gradient term
     """
 
     old_logprobs: torch.Tensor | None = None
@@ -194,14 +196,19 @@ class TrainBatch(TokenBatch):
     loss_weights: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     generator_logprobs: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
 
 
 PolicyLossFn = Callable[["torch.Tensor", TrainBatch], tuple["torch.Tensor", dict[str, "torch.Tensor"]]]
 """(new_logprobs (B, T), batch) -> (loss: scalar = sum(per_token_loss * loss_weights), metrics).
 
 Metric tensors are *sums over tokens weighted by loss_weights* (so they add up exactly across
-micro-batches and ranks like the loss). Must be picklable (a module-level function or a
-functools.partial of one) so it can travel to trainer worker processes.
+micro-batches and ranks like the loss), except `<name>_seqs`: counts of sequences (also additive). Must be
+picklable (a module-level function or a functools.partial of one) so it can travel to trainer worker processes.
+
+Requirement on trainers: every row of the batch handed to the loss is one WHOLE sequence (micro-batches split
+the batch by rows, never a sequence across micro-batches or ranks; a trainer that packs sequences must hand the
+loss (B, T) rows again), because sequence-level losses (GSPO's geometric-mean ratio) sum over a row's tokens.
 """
 
 

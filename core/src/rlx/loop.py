@@ -1,33 +1,34 @@
-"""The GRPO loop, top to bottom. It talks only to the three contracts (Generator, Trainer, Environment) and
-the pure algorithm in `rlx.grpo`; it does not know which plugin, device or cluster it runs on.
+"""The GRPO loop, top to bottom. It talks only to the three contracts (Generator, Trainer, Environment), the
+rollout producer and the algorithm options selected by name (`rlx.algorithms`); it does not know which plugin,
+device, cluster or algorithm variant it runs with.
 
-One step:  draw prompts -> generate G completions each -> score -> group advantages -> pi_old (and reference)
-log-probs from the trainer -> optimizer steps over mini-batches -> push weights to the generator -> metrics.
+One step:  rollouts (draw prompts -> generate G completions each -> score -> shape rewards; with dynamic sampling,
+refill) -> advantages -> pi_old (and reference) log-probs from the trainer -> loss mask and mismatch weights ->
+optimizer steps over mini-batches -> push weights to the generator -> metrics.
 (Logging, validation periods and checkpoints are the caller's: `rlx.run`.)
 
 Simplifications (stated, as nanochat does): one environment per run; prompts longer than the model's
 `max_seq_len - 1` are dropped at load time (counted and reported); completions are cut at
-`min(grpo.max_new_tokens, max_seq_len - longest prompt of the step)` tokens.
+`min(grpo.max_new_tokens, max_seq_len - longest prompt of the round)` tokens.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from rlx.algorithms import Algorithms, select_algorithms
 from rlx.config import GRPOConfig, ValidationConfig
 from rlx.data import DataCursor, PromptEncoder
 from rlx.evaluation import evaluate, status_fractions
-from rlx.grpo.advantages import group_advantages
-from rlx.grpo.losses import LOSS_AGGREGATIONS, policy_loss
-from rlx.grpo.metrics import logprob_mismatch, rollout_metrics
+from rlx.grpo.metrics import logprob_mismatch, rollout_metrics, sequence_fractions
 from rlx.interfaces import Environment, Generator, Problem, TokenBatch, TrainBatch, Trainer
+from rlx.metrics import timed
+from rlx.producer import RolloutProducer, StepRollouts
 from rlx.rollout import RolloutCollector, Sample, collate
 
 log = logging.getLogger("rlx.loop")
@@ -40,30 +41,34 @@ def mini_batches(
     ref_logprobs: torch.Tensor | None,
     advantages: torch.Tensor,
     generator_logprobs: torch.Tensor,
+    is_weights: torch.Tensor | None,
+    loss_mask: torch.Tensor,
     size: int,
-    loss_agg: str,
+    loss_weights: Callable[[torch.Tensor], torch.Tensor],
     generator: torch.Generator,
 ) -> list[TrainBatch]:
     """Shuffle the step's sequences and cut them into mini-batches of `size`, each carrying its loss weights.
 
-    Loss weights are computed per mini-batch over all of its sequences (the "global batch" of one optimizer
-    step), so any later split into micro-batches or ranks gives the same update.
+    loss_mask (B, T): the tokens that carry loss (the completion mask, less filtered sequences); `loss_weights` maps
+    a mini-batch's loss mask to its weights (the selected aggregation). They are computed per mini-batch over all
+    of its sequences (the "global batch" of one optimizer step), so any later split into micro-batches or ranks
+    gives the same update. Whole sequences stay whole.
     """
     perm = torch.randperm(len(batch), generator=generator)
     out = []
     for start in range(0, len(batch), size):
         idx = perm[start : start + size]
-        mask = batch.completion_mask[idx]
         out.append(
             TrainBatch(
                 input_ids=batch.input_ids[idx],
                 attention_mask=batch.attention_mask[idx],
-                completion_mask=mask,
+                completion_mask=batch.completion_mask[idx],
                 old_logprobs=old_logprobs[idx],
                 advantages=advantages[idx],
-                loss_weights=LOSS_AGGREGATIONS[loss_agg](mask),
+                loss_weights=loss_weights(loss_mask[idx]),
                 ref_logprobs=None if ref_logprobs is None else ref_logprobs[idx],
                 generator_logprobs=generator_logprobs[idx],
+                is_weights=None if is_weights is None else is_weights[idx],
             )
         )
     return out
@@ -73,16 +78,7 @@ def mini_batches(
 class StepResult:
     step: int
     metrics: dict[str, float]
-    samples: list[list[Sample]] = field(default_factory=list)  # the step's rollouts, one group per prompt
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t
+    samples: list[list[Sample]] = field(default_factory=list)  # the step's rollouts, one group per prompt drawn
 
 
 @dataclass
@@ -99,6 +95,7 @@ class GRPOLoop:
     train_problems: Sequence[Problem]
     val_problems: Sequence[Problem] = ()
     pad_id: int | None = None  # default: the tokenizer's pad (else eos) id
+    algorithms: Algorithms | None = None  # default: the options grpo.* names, from the installed plugins
     cursor: DataCursor = field(init=False)
     step: int = 0
 
@@ -107,80 +104,89 @@ class GRPOLoop:
             raise ValueError("the environment returned no training problems")
         if self.pad_id is None:
             self.pad_id = self.encoder.pad_id
+        if self.algorithms is None:
+            self.algorithms = select_algorithms(self.grpo)
         self.cursor = DataCursor(len(self.train_problems), self.seed)
         self.collector = RolloutCollector(self.generator, self.env, self.encoder)
-        self.loss_fn: Callable = functools.partial(
-            policy_loss,
-            clip_low=self.grpo.clip_low,
-            clip_high=self.grpo.clip_high,
-            dual_clip=self.grpo.dual_clip,
-            kl_coef=self.grpo.kl_coef,
-        )
+        self.producer = RolloutProducer(self.collector, self.cursor, self.train_problems, self.grpo)
+        self.loss_fn = self.algorithms.loss_fn()
 
     def run_step(self) -> StepResult:
         """One GRPO step; returns its metrics (all floats) and rollouts."""
-        g = self.grpo
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
         step_seed = self.seed * 100_003 + self.step
 
-        # 1. prompts, 2. G completions each (colocated engines take the accelerator back for the rollout)
-        problems = [self.train_problems[i] for i in self.cursor.next_indices(g.prompts_per_step)]
-        prompts = [self.encoder.encode(p) for p in problems]
-        with _timed(timings, "time/wake_up"):
-            self.generator.wake_up()
-        params = self.collector.sampling(prompts, n=g.num_generations, temperature=g.temperature, top_p=g.top_p,
-                                         top_k=g.top_k, max_new_tokens=g.max_new_tokens, seed=step_seed)
-        with _timed(timings, "time/generate"):
-            completions = self.collector.generate(problems, params)
-        with _timed(timings, "time/sleep"):
-            self.generator.sleep()
+        # 1-3. prompts -> G completions each -> scores and shaped rewards (dynamic sampling: refills)
+        rollouts = self.producer.produce(step_seed)
+        # 4-6. advantages, pi_old, optimizer steps
+        timings: dict[str, float] = {}
+        advantages, metrics = self.train_on(rollouts, step_seed, timings)
+        # 7. push the new weights to the generator
+        with timed(timings, "time/weight_sync"):
+            self.generator.update_weights(self.trainer.named_weights())
 
-        # 3. score; 4. one advantage per sequence, from its group of G
-        with _timed(timings, "time/score"):
-            groups = self.collector.score(problems, completions)
-        rewards = torch.tensor([[s.score.reward for s in group] for group in groups], dtype=torch.float32)  # (P, G)
-        advantages = group_advantages(rewards, baseline=g.baseline, normalize_std=g.normalize_std)  # (P, G)
+        self.step += 1
+        drawn = [s for group in rollouts.drawn for s in group]
+        metrics.update(rollout_metrics(
+            torch.tensor([[s.score.reward for s in group] for group in rollouts.drawn], dtype=torch.float32),
+            advantages,
+            torch.tensor([s.num_model_tokens for s in drawn], dtype=torch.float32),
+            truncated=torch.tensor([s.truncated for s in drawn]),
+        ))
+        metrics["reward/solved_frac"] = sum(s.score.solved for s in drawn) / len(drawn)
+        metrics.update(status_fractions(s.score.status for s in drawn))
+        metrics.update(rollouts.metrics)
+        metrics.update(timings)
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics["throughput/completion_tokens_per_s"] = sum(s.num_model_tokens for s in drawn) / metrics["time/step"]
+        return StepResult(self.step, metrics, rollouts.drawn)
+
+    def train_on(self, rollouts: StepRollouts, step_seed: int,
+                 timings: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training half of a step: advantages, pi_old (and reference) log-probs, loss mask and mismatch
+        weights, optimizer steps. Returns the (P, G) advantages and the metrics."""
+        g, algo = self.grpo, self.algorithms
+        assert algo is not None
+        samples = [s for group in rollouts.groups for s in group]  # (B = P*G,), prompt-major
+        if not samples:  # dynamic sampling found no group with differing rewards: nothing to learn from
+            return torch.zeros(0, g.num_generations), {}
+
+        # 4. one advantage per sequence, from its group (and, for some estimators, the whole batch)
+        advantages = algo.advantages(rollouts.rewards)  # (P, G)
 
         # 5. pi_old (and reference) log-probs from the trainer
-        samples = [s for group in groups for s in group]  # (P*G,), prompt-major
         batch, gen_logprobs = collate(samples, self.pad_id)
-        with _timed(timings, "time/logprobs"):
+        with timed(timings, "time/logprobs"):
             old_logprobs = self.trainer.logprobs(batch, temperature=g.temperature)
             ref_logprobs = (
                 self.trainer.logprobs(batch, temperature=g.temperature, reference=True) if g.kl_coef > 0 else None
             )
 
+        # which tokens carry loss (DAPO overlong filter: none of a truncated completion's), and the importance
+        # weights pi_old / pi_generator of the selected mismatch correction
+        carries_loss = torch.tensor([not (g.overlong.filter and s.truncated) for s in samples])  # (B,)
+        loss_mask = batch.completion_mask & carries_loss.unsqueeze(1)  # (B, T)
+        is_weights, mismatch_metrics = algo.mismatch_weights(old_logprobs, gen_logprobs, loss_mask)
+
         # 6. optimizer steps over mini-batches
         shuffle = torch.Generator().manual_seed(step_seed)
         train_metrics: list[dict[str, float]] = []
-        with _timed(timings, "time/train"):
+        with timed(timings, "time/train"):
             for _ in range(g.epochs_per_step):
                 for mb in mini_batches(
                     batch, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, advantages=advantages.flatten(),
-                    generator_logprobs=gen_logprobs, size=g.mini_batch_size, loss_agg=g.loss_agg, generator=shuffle,
+                    generator_logprobs=gen_logprobs, is_weights=is_weights, loss_mask=loss_mask,
+                    size=g.mini_batch_size, loss_weights=algo.loss_weights, generator=shuffle,
                 ):
-                    train_metrics.append(self.trainer.train_step(mb, self.loss_fn, temperature=g.temperature))
+                    result = self.trainer.train_step(mb, self.loss_fn, temperature=g.temperature)
+                    live = int((mb.loss_weights > 0).any(dim=1).sum())
+                    train_metrics.append(sequence_fractions(result, live))
 
-        # 7. push the new weights to the generator
-        with _timed(timings, "time/weight_sync"):
-            self.generator.update_weights(self.trainer.named_weights())
-
-        self.step += 1
-        metrics = rollout_metrics(
-            rewards,
-            advantages,
-            torch.tensor([s.num_model_tokens for s in samples], dtype=torch.float32),
-            truncated=torch.tensor([s.truncated for s in samples]),
-        )
-        metrics["reward/solved_frac"] = sum(s.score.solved for s in samples) / len(samples)
-        metrics.update(status_fractions(s.score.status for s in samples))
-        metrics["logprob_mismatch"] = logprob_mismatch(gen_logprobs, old_logprobs, batch.completion_mask)
+        metrics = {"logprob_mismatch": logprob_mismatch(gen_logprobs, old_logprobs, batch.completion_mask)}
+        metrics["overlong/filtered_frac"] = float((~carries_loss).double().mean())
+        metrics.update(mismatch_metrics)
         metrics.update(_mean_dicts(train_metrics, prefix="train/"))
-        metrics.update(timings)
-        metrics["time/step"] = time.perf_counter() - t0
-        metrics["throughput/completion_tokens_per_s"] = int(batch.completion_mask.sum()) / metrics["time/step"]
-        return StepResult(self.step, metrics, groups)
+        return advantages, metrics
 
     def validate(self) -> dict[str, float]:
         """avg@k (mean of pass@1 over k samples per problem) and unbiased pass@k on the validation problems."""

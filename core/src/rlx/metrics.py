@@ -3,11 +3,12 @@ on the terminal with the headline numbers, and a few of each step's rollouts as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,3 +165,13 @@ def truncate_steps(path: str | Path, last_step: int) -> None:
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
     """The records of a metrics.jsonl (a partial last line, left by a killed run, is skipped)."""
     return _records(Path(path))
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to `timings[key]`."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from rlx.algorithms import AlgorithmCatalog, Algorithms, select_algorithms
 from rlx.config import RunConfig, component_config, to_yaml
 from rlx.interfaces import ComponentKind
 from rlx.registry import BuildContext, Catalog, ComponentSpec
@@ -60,6 +61,7 @@ class Plan:
 
     config: RunConfig
     selection: Selection
+    algorithms: Algorithms | None = None  # the grpo.* options, as registered (resolve_plan fills it)
 
     def to_yaml(self) -> str:
         data = self.config.model_dump(mode="json")
@@ -79,9 +81,15 @@ class Plan:
         lines.append(f"  model       {c.model.path} (dtype {c.model.dtype}, max_seq_len {c.model.max_seq_len})")
         lines.append(
             f"  grpo        {c.steps} steps x {g.prompts_per_step} prompts x {g.num_generations} samples; "
-            f"{g.prompts_per_step * g.num_generations // g.mini_batch_size} optimizer steps/step; "
-            f"baseline {g.baseline}{'+std' if g.normalize_std else ''}; loss {g.loss_agg}; "
-            f"clip {g.clip_low}/{g.clip_high}; kl {g.kl_coef}"
+            f"{g.prompts_per_step * g.num_generations // g.mini_batch_size} optimizer steps/step"
+        )
+        if self.algorithms is not None:
+            lines.append(f"  algorithm   {self.algorithms.describe()}")
+        ds, ov = g.dynamic_sampling, g.overlong
+        lines.append(
+            f"  sampling    dynamic sampling {'on, up to ' + str(ds.max_rounds) + ' rounds' if ds.enabled else 'off'}; "
+            f"overlong filter {'on' if ov.filter else 'off'}; soft overlong penalty "
+            f"{f'{ov.penalty} over the last {ov.soft_penalty_tokens} tokens' if ov.soft_penalty_tokens else 'off'}"
         )
         lines.append(
             f"  cluster     {c.cluster.kind}: {c.cluster.trainer_workers} trainer worker(s), "
@@ -95,7 +103,10 @@ class Plan:
         return "\n".join(lines)
 
 
-def resolve_plan(config: RunConfig, catalog: Catalog | None = None) -> Plan:
+def resolve_plan(config: RunConfig, catalog: Catalog | None = None,
+                 algorithm_catalog: AlgorithmCatalog | None = None) -> Plan:
+    """Pick the components and the grpo.* algorithm options; a wrong name is one error with a did-you-mean."""
+    algorithms = select_algorithms(config.grpo, algorithm_catalog)
     if catalog is None:
         from rlx.plugins import catalog as load_catalog
 
@@ -107,7 +118,7 @@ def resolve_plan(config: RunConfig, catalog: Catalog | None = None) -> Plan:
         validated = component_config(chosen, spec.config, section)
         spec.check_installed()
         choices[kind] = Choice(spec, validated)
-    return Plan(config, Selection(**choices))
+    return Plan(config, Selection(**choices), algorithms)
 
 
 __all__ = ["Choice", "Plan", "Selection", "resolve_plan", "to_yaml"]

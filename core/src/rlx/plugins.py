@@ -14,7 +14,7 @@ import os
 import types
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -22,6 +22,9 @@ from rlx import hookspecs
 from rlx.errors import PluginError, did_you_mean
 from rlx.interfaces import KINDS
 from rlx.registry import Catalog, ComponentRegistry, PluginInfo
+
+if TYPE_CHECKING:
+    from rlx.algorithms import AlgorithmCatalog
 
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 
@@ -121,6 +124,22 @@ class PluginManager:
         catalog.plugins = [broken.get(name, info) for name, info in self.info.items()] + self.broken
         return catalog
 
+    def collect_algorithms(self) -> AlgorithmCatalog:
+        """Call every `register_algorithms` hook, one plugin at a time (builtins first), into one catalog.
+        A hook that raises marks its plugin broken (named when a selected option is missing)."""
+        from rlx.algorithms import AlgorithmCatalog, AlgorithmRegistry
+
+        catalog = AlgorithmCatalog(broken=list(self.broken))
+        for impl in self.pm.hook.register_algorithms.get_hookimpls():  # registration order: builtins first
+            info = self.info[impl.plugin_name]
+            try:
+                impl.function(registry=AlgorithmRegistry(info, catalog))
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                catalog.broken.append(replace(info, error=f"{type(exc).__name__}: {exc}"))
+        return catalog
+
     def add_commands(self, app: Any) -> None:
         self.pm.hook.register_commands(app=app)
 
@@ -158,3 +177,8 @@ def remove_plugin(name: str) -> None:
 def catalog() -> Catalog:
     """The components visible now (builtins + entry points + in-process plugins)."""
     return load_plugins(_EXTRA).collect()
+
+
+def algorithm_catalog() -> AlgorithmCatalog:
+    """The algorithm options visible now (builtins + entry points + in-process plugins)."""
+    return load_plugins(_EXTRA).collect_algorithms()

@@ -1,4 +1,5 @@
-"""The builtin components (`hf` generator, `fsdp` trainer), registered through the same hooks as plugins.
+"""The builtin components (`hf` generator, `fsdp` trainer) and algorithm options, registered through the same
+hooks as plugins.
 
 Cheap to import: only pydantic Config models; the implementations load when selected.
 """
@@ -28,6 +29,13 @@ def register_trainers(registry: ComponentRegistry) -> None:
         factory="rlx.builtin.fsdp_trainer:FSDPTrainer",
         description="PyTorch FSDP2 (fully_shard) over torch.distributed; gloo on CPU, NCCL on GPU",
     )
+
+
+@hookimpl
+def register_algorithms(registry) -> None:  # noqa: ANN001 - rlx.algorithms.AlgorithmRegistry
+    from rlx.grpo.builtins import register_builtin_algorithms  # torch: only when a run is resolved
+
+    register_builtin_algorithms(registry)
 
 
 @hookimpl

@@ -1,4 +1,6 @@
-"""Group-relative advantages: each completion's reward against the other completions of the same prompt.
+"""Advantage estimators: one advantage per completion from the rewards of its group (and, for REINFORCE++, of
+the whole batch). `group_advantages` is the shared kernel; `grpo`, `rloo` and `reinforce_pp` are the registered
+estimators (signature in `rlx.algorithms.AdvantageOptions`).
 
 Shapes: P = prompts, G = completions per prompt (the group). One advantage per completion.
 """
@@ -8,6 +10,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+
+from rlx.algorithms import AdvantageOptions
 
 Baseline = Literal["mean", "leave_one_out"]
 BASELINES: tuple[Baseline, ...] = ("mean", "leave_one_out")
@@ -91,3 +95,48 @@ def group_advantages(
         adv = torch.where(std > 0, adv / (std + eps), adv)
     adv = torch.where(constant, torch.zeros_like(adv), adv)
     return adv.to(out_dtype).view(rewards.shape)
+
+
+# ---------------------------------------------------------------------------------------------- registered estimators
+
+
+def grpo_advantages(rewards: torch.Tensor, options: AdvantageOptions) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300): A_i = (r_i - mean(r)) / (std(r) + eps) in the group.
+
+    rewards (P, G) -> (P, G). `options.baseline` "mean" or "leave_one_out" (NeMo-RL's use_leave_one_out_baseline),
+    `options.normalize_std` False is Dr. GRPO's "no std" (Liu et al. 2025, arXiv 2503.20783): A_i = r_i - mean(r).
+    A group whose rewards all agree gets exactly 0. See `group_advantages`.
+    """
+    return group_advantages(rewards, baseline=options.baseline, normalize_std=options.normalize_std, eps=options.eps)
+
+
+def rloo_advantages(rewards: torch.Tensor, options: AdvantageOptions) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, arXiv 2402.14740): A_i = r_i - mean_{j != i}(r_j) = G/(G-1) (r_i - mean(r)).
+
+    rewards (P, G) -> (P, G). No std normalisation (by definition: `options` is not used). G = 1 or a group of
+    equal rewards gives 0.
+    """
+    return group_advantages(rewards, baseline="leave_one_out", normalize_std=False)
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, options: AdvantageOptions) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025, arXiv 2501.03262): global batch normalisation instead of per-group std.
+
+    rewards (P, G) -> (P, G). With G > 1 (the paper's "REINFORCE++ w/ baseline", for group sampling):
+    A~_i = r_i - mean_group(r), then A_i = (A~_i - mean_batch(A~)) / (std_batch(A~) + eps), mean and unbiased std
+    over all P*G values of the batch. With G = 1 (plain REINFORCE++): A~_i = r_i. If the batch has no spread the
+    advantages are 0. Differences from OpenRLHF/verl: statistics are per sequence (they whiten over tokens, so long
+    completions weigh more) and the KL term stays in the loss (`grpo.kl_coef`), not in the reward.
+    """
+    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    r = rewards.to(torch.float64)  # (P, G)
+    centred = r - r.mean(dim=1, keepdim=True) if r.shape[1] > 1 else r
+    # exact zero for a group of equal rewards (the mean of equal floats can differ from them by rounding)
+    constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
+    if r.shape[1] > 1:
+        centred = torch.where(constant, torch.zeros_like(centred), centred)
+    flat = centred.flatten()
+    if flat.numel() < 2 or bool((flat == flat[0]).all()):
+        return torch.zeros_like(rewards, dtype=out_dtype)
+    adv = (centred - flat.mean()) / (flat.std() + options.eps)
+    return adv.to(out_dtype)

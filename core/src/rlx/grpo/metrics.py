@@ -31,16 +31,18 @@ def rollout_metrics(
 ) -> dict[str, float]:
     """Statistics of one step's rollouts.
 
-    rewards, advantages: (P, G); response_lengths: (P*G,) completion tokens; truncated: (P*G,) bool, True where
-    the completion hit the token limit (finish_reason "length"), optional.
+    rewards: (P, G) of every group drawn; advantages: (P', G) of the groups trained on (P' < P when dynamic sampling
+    dropped some; may be empty); response_lengths: (P*G,) completion tokens of the drawn samples; truncated: (P*G,)
+    bool, True where the completion hit the token limit (finish_reason "length"), optional.
     Keys: reward/{mean,std,min,max}, reward/zero_variance_groups (fraction of the P groups whose G rewards are
     all equal: they get zero advantage and no gradient), advantage/{mean,std,min,max},
     response_length/{mean,std,min,max}, response_length/truncated_frac (only with `truncated`).
     Stds are unbiased, over all P*G values.
     """
-    if rewards.dim() != 2 or advantages.shape != rewards.shape:
+    if rewards.dim() != 2 or advantages.dim() != 2 or (advantages.numel() and advantages.shape[1] != rewards.shape[1]):
         raise ValueError(
-            f"rewards and advantages must both be (P, G), got {tuple(rewards.shape)} and {tuple(advantages.shape)}"
+            f"rewards and advantages must be (P, G) and (P', G), got {tuple(rewards.shape)} and "
+            f"{tuple(advantages.shape)}"
         )
     if response_lengths.numel() != rewards.numel():
         raise ValueError(f"response_lengths must hold P*G = {rewards.numel()} values, got {response_lengths.numel()}")
@@ -54,6 +56,18 @@ def rollout_metrics(
         if flags.numel() != rewards.numel():
             raise ValueError(f"truncated must hold P*G = {rewards.numel()} flags, got {flags.numel()}")
         out["response_length/truncated_frac"] = float(flags.double().mean()) if flags.numel() else 0.0
+    return out
+
+
+def sequence_fractions(metrics: dict[str, float], num_sequences: int) -> dict[str, float]:
+    """A trainer's summed loss metrics with each `<name>_seqs` count (sequences with a flag, from `policy_loss`)
+    turned into `<name>_seq_frac`, the fraction of the mini-batch's `num_sequences` sequences that carry loss."""
+    out = {}
+    for key, value in metrics.items():
+        if key.endswith("_seqs"):
+            out[key[: -len("_seqs")] + "_seq_frac"] = value / num_sequences if num_sequences else 0.0
+        else:
+            out[key] = value
     return out
 
 
