@@ -1,38 +1,52 @@
-"""Throughput of the builtin `fsdp` trainer on a Qwen2.5-1.5B-shaped model with random weights (no download).
+"""Throughput and memory of the builtin `fsdp` trainer on a Qwen2.5-1.5B-shaped model (random weights, no download),
+beside a plain-HF training loop on the same real tokens in the same process.
 
-Times `train_step` (forward + backward + AdamW step, GRPO loss) and `logprobs` (forward only) on random token
-batches, and prints step time, tokens/s and MFU against a dense bf16 peak (989 TFLOP/s: H100 SXM).
+    python benchmarks/trainer_throughput.py --table --out results.json             # the whole table (one GPU)
+    python benchmarks/trainer_throughput.py --lengths longtail --anchor hf         # 64 long-tailed rollouts
+    python benchmarks/trainer_throughput.py --tiny --lengths longtail --out r.json # CPU smoke test
 
-    python benchmarks/trainer_throughput.py --out results.json                 # one GPU
-    torchrun --nproc-per-node 8 benchmarks/trainer_throughput.py               # FSDP over 8 GPUs
-    python benchmarks/trainer_throughput.py --tiny --batch 4 --seq-len 64      # CPU smoke test
+Workloads: `uniform` (--batch rows of --seq-len tokens, the first eighth prompt) and `longtail` (--batch rollouts:
+prompt 64-320 tokens, response lognormal with median 2.5K and sigma 0.8, capped at the --seq-len context; seeded;
+with --tiny the lengths are scaled by seq_len / 8192). `--table` runs uniform 64 x 1024, longtail 64 @ 8K and
+uniform 8 x 8192 with packed micro-batches, the HF anchor on each, and memory rows (4 full-length sequences at
+8K, 16K and 24K: the DeepScaleR stages) with activation checkpointing and a budget of one 24K sequence.
 
-FLOPs per token: 6 * N for train_step and 2 * N for logprobs, where N counts the parameters used in matrix
-products (every parameter but the input embedding, plus the LM head even when tied), plus causal attention:
-6 * layers * hidden * T (train) and 2 * layers * hidden * T (logprobs), T the sequence length. Recomputation
-(the chunked LM head in backward, activation checkpointing) is not counted, as is usual for MFU.
+Each row times `train_step` (forward + backward + AdamW, the GRPO loss) and `logprobs`; the median of --steps
+after --warmup. FLOPs: 6 * N per real token for training and 2 * N for logprobs (N: parameters in matrix products,
+the LM head counted once even when tied), plus causal attention per sequence: 6 (or 2) * layers * hidden * L^2.
+Recomputation (activation checkpointing, the chunked LM head's backward) is not counted, as is usual for MFU.
+padding_fraction: the share of the positions the decoder ran on that are not real tokens. The HF anchor: the
+model in bf16 (no fp32 master weights), fused AdamW, SDPA, no activation checkpointing, the real tokens of the
+workload concatenated into dense rows (min(seq_len, 8192) tokens, 8192 tokens per micro-batch), HF's own loss.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
+import math
 import os
+import random
 import shutil
 import statistics
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlx.builtin.configs import FSDPTrainerConfig
+from rlx.builtin.fsdp_trainer import FSDPTrainer
 from rlx.grpo.losses import policy_loss
 from rlx.interfaces import ModelSpec, TrainBatch
-from rlx.registry import load_factory
+
+FULL_CONTEXT = 8192  # the context the long-tailed distribution is defined at
 
 
 def model_config(tiny: bool) -> Qwen2Config:
@@ -43,21 +57,17 @@ def model_config(tiny: bool) -> Qwen2Config:
     else:
         shape = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                      num_key_value_heads=2, vocab_size=151936)  # fmt: skip
-    return Qwen2Config(
-        **shape,
-        tie_word_embeddings=True,
-        max_position_embeddings=32768,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        use_sliding_window=False,
-    )
+    return Qwen2Config(**shape, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1_000_000.0,
+                       rms_norm_eps=1e-6, use_sliding_window=False)  # fmt: skip
 
 
-def save_random_model(config: Qwen2Config, out_dir: str, seed: int) -> None:
-    """Random weights (HF init), saved in bf16 with save_pretrained, as a downloaded checkpoint would be."""
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+def save_random_model(config: Qwen2Config, out_dir: str, device: torch.device) -> None:
+    """Random weights (HF init, on the GPU when there is one: much faster), saved in bf16 like a checkpoint."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out_dir, safe_serialization=True)
+    del model
 
 
 def matmul_params(config: Qwen2Config) -> int:
@@ -65,32 +75,70 @@ def matmul_params(config: Qwen2Config) -> int:
     h, i, kv = config.hidden_size, config.intermediate_size, config.num_key_value_heads
     head_dim = h // config.num_attention_heads
     attention = h * h + 2 * h * kv * head_dim + h * h  # q, k, v, o (biases are negligible)
-    mlp = 3 * h * i
-    return config.num_hidden_layers * (attention + mlp) + config.vocab_size * h
+    return config.num_hidden_layers * (attention + 3 * h * i) + config.vocab_size * h
 
 
-def random_batch(rows: int, seq_len: int, vocab: int, seed: int) -> TrainBatch:
-    """Full-length sequences: the first eighth is the prompt, the rest the completion; token-mean weights."""
-    gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab, (rows, seq_len), generator=gen)
-    attention_mask = torch.ones(rows, seq_len, dtype=torch.long)
-    completion_mask = torch.zeros(rows, seq_len, dtype=torch.bool)
-    completion_mask[:, seq_len // 8 :] = True
-    return TrainBatch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        completion_mask=completion_mask,
-        old_logprobs=torch.full((rows, seq_len), -10.0),
-        advantages=torch.randn(rows, generator=gen),
-        loss_weights=completion_mask.float() / completion_mask.sum(),
-    )
+# ------------------------------------------------------------------------------------------ workloads
 
 
-def timed(fn: Any, device: torch.device) -> tuple[float, Any]:
+@dataclass
+class Workload:
+    name: str
+    context: int
+    prompt_lengths: list[int]
+    lengths: list[int]  # prompt + response, <= context
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(self.lengths)
+
+    def batch(self, vocab: int, seed: int = 0) -> TrainBatch:
+        """Right-padded to the longest row; token-mean loss weights; old log-probabilities near a random model's."""
+        gen = torch.Generator().manual_seed(seed)
+        rows, width = len(self.lengths), max(self.lengths)
+        lengths, prompts = torch.tensor(self.lengths), torch.tensor(self.prompt_lengths)
+        columns = torch.arange(width)[None, :]
+        attention_mask = (columns < lengths[:, None]).long()
+        completion_mask = attention_mask.bool() & (columns >= prompts[:, None])
+        return TrainBatch(
+            input_ids=torch.randint(0, vocab, (rows, width), generator=gen) * attention_mask,
+            attention_mask=attention_mask,
+            completion_mask=completion_mask,
+            old_logprobs=torch.full((rows, width), -math.log(vocab)),
+            advantages=torch.randn(rows, generator=gen),
+            loss_weights=completion_mask.float() / completion_mask.sum(),  # token mean
+        )
+
+
+def uniform(rows: int, seq_len: int) -> Workload:
+    return Workload(f"uniform {rows}x{seq_len}", seq_len, [seq_len // 8] * rows, [seq_len] * rows)
+
+
+def longtail(rows: int, context: int, seed: int = 0) -> Workload:
+    """DeepScaleR-like rollouts: prompt U[64, 320], response lognormal(median 2.5K, sigma 0.8), capped at the
+    context (all lengths scaled by context / 8192 when the context is not 8K)."""
+    rng = random.Random(seed)
+    scale = context / FULL_CONTEXT if context < FULL_CONTEXT else 1.0
+    prompts, lengths = [], []
+    for _ in range(rows):
+        prompt = max(1, round(rng.randint(64, 320) * scale))
+        response = max(1, round(rng.lognormvariate(math.log(2500), 0.8) * scale))
+        prompts.append(prompt)
+        lengths.append(min(prompt + response, context))
+    return Workload(f"longtail {rows} @{context}", context, prompts, lengths)
+
+
+def attention_flops(workload: Workload, layers: int, hidden: int) -> int:
+    """Causal attention FLOPs of one forward over the workload's sequences: 2 * layers * hidden * sum(L^2)."""
+    return 2 * layers * hidden * sum(length * length for length in workload.lengths)
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    if dist.is_initialized():
-        dist.barrier()
     start = time.perf_counter()
     out = fn()
     if device.type == "cuda":
@@ -98,174 +146,408 @@ def timed(fn: Any, device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def profile_step(trainer: Any, batch: TrainBatch, loss_fn: Any, rank: int) -> None:
-    """One train_step + logprobs under torch.profiler; prints where the time goes (rank 0)."""
-    from torch.profiler import ProfilerActivity, profile
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    for name, call in (
-        ("train_step", lambda: trainer.train_step(batch, loss_fn)),
-        ("logprobs", lambda: trainer.logprobs(batch)),
-    ):
-        with profile(activities=activities) as prof:
-            timed(call, trainer.device)
-        if rank == 0:
-            sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-            print(f"\n--- profile: {name} (top ops by {sort}) ---")
-            print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    config: Qwen2Config
+    model_dir: str
+    device: torch.device
+    peak_tflops: float
+
+    def mfu(self, flops: float, seconds: float) -> float | None:
+        return flops / seconds / 1e12 / self.peak_tflops if self.device.type == "cuda" else None
+
+
+def rlx_row(ctx: Context, trainer: FSDPTrainer, workload: Workload, label: str) -> dict[str, Any]:
+    """Time train_step and logprobs of one workload on a built trainer."""
+    batch = workload.batch(ctx.config.vocab_size)
+    loss_fn = functools.partial(policy_loss, clip_low=0.2, clip_high=0.28)
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    train_times, logprob_times, metrics = [], [], {}
+    for step in range(ctx.args.warmup + ctx.args.steps):
+        train_s, metrics = timed(lambda: trainer.train_step(batch, loss_fn), ctx.device)
+        train_plan = dict(trainer.last_call)
+        logprobs_s, _ = timed(lambda: trainer.logprobs(batch), ctx.device)
+        logprob_plan = dict(trainer.last_call)
+        if step >= ctx.args.warmup:
+            train_times.append(train_s)
+            logprob_times.append(logprobs_s)
+        print(f"  [{label}] {workload.name} step {step}: train {train_s:.3f} s, logprobs {logprobs_s:.3f} s, "
+              f"loss {metrics['loss']:.4f}", flush=True)  # fmt: skip
+    n, layers, hidden = matmul_params(ctx.config), ctx.config.num_hidden_layers, ctx.config.hidden_size
+    attention = attention_flops(workload, layers, hidden)
+    train_s, logprobs_s = statistics.median(train_times), statistics.median(logprob_times)
+    real = workload.real_tokens
+    return {
+        "impl": label,
+        "workload": workload.name,
+        "rows": len(workload.lengths),
+        "real_tokens": real,
+        "train_step_s": train_s,
+        "logprobs_s": logprobs_s,
+        "real_tokens_per_s": real / train_s,
+        "logprob_real_tokens_per_s": real / logprobs_s,
+        "mfu": ctx.mfu(6 * n * real + 3 * attention, train_s),
+        "logprob_mfu": ctx.mfu(2 * n * real + attention, logprobs_s),
+        "padding_fraction": 1 - train_plan["real_tokens"] / train_plan["computed_tokens"],
+        "micro_batches": train_plan["micro_batches"],
+        "logprob_micro_batches": logprob_plan["micro_batches"],
+        "peak_memory_gib": peak_gib(ctx.device),
+        "grad_norm": metrics["grad_norm"],
+    }
+
+
+def hf_anchor_row(ctx: Context, model: Any, optimizer: torch.optim.Optimizer, workload: Workload) -> dict[str, Any]:
+    """Plain HF training on the workload's real tokens, packed densely into rows (see the module docstring)."""
+    row_len = min(workload.context, 8192 if not ctx.args.tiny else workload.context)
+    rows_per_micro = max(1, 8192 // row_len) if not ctx.args.tiny else 4
+    batch = workload.batch(ctx.config.vocab_size)
+    stream = batch.input_ids[batch.attention_mask.bool()]
+    rows = stream[: len(stream) // row_len * row_len].view(-1, row_len).to(ctx.device)
+    micro_batches = rows.split(rows_per_micro)
+
+    def step() -> float:
+        for micro in micro_batches:
+            loss = model(input_ids=micro, labels=micro).loss / len(micro_batches)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    times = []
+    for index in range(ctx.args.warmup + ctx.args.steps):
+        seconds, loss = timed(step, ctx.device)
+        if index >= ctx.args.warmup:
+            times.append(seconds)
+        print(f"  [hf] {workload.name} step {index}: train {seconds:.3f} s, loss {loss:.4f}", flush=True)
+    train_s = statistics.median(times)
+    real = rows.numel()
+    n, layers, hidden = matmul_params(ctx.config), ctx.config.num_hidden_layers, ctx.config.hidden_size
+    attention = 2 * layers * hidden * row_len * row_len * rows.shape[0]
+    return {
+        "impl": "hf",
+        "workload": workload.name,
+        "rows": rows.shape[0],
+        "real_tokens": real,
+        "train_step_s": train_s,
+        "real_tokens_per_s": real / train_s,
+        "mfu": ctx.mfu(6 * n * real + 3 * attention, train_s),
+        "padding_fraction": 0.0,
+        "micro_batches": len(micro_batches),
+        "peak_memory_gib": peak_gib(ctx.device),
+        "anchor_rows": f"{len(micro_batches)} x ({rows_per_micro} x {row_len})",
+    }
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def exactness(ctx: Context, trainer: FSDPTrainer, hf_model: Any, workload: Workload) -> dict[str, float]:
+    """Packed vs padded log-probabilities of the same trainer, and the trainer vs the HF model, on 4 rows."""
+    batch = workload.batch(ctx.config.vocab_size, seed=1)
+    few = TrainBatch(**{k: (v[:4] if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()})
+    packed = trainer.logprobs(few)
+    # the same weights through padded micro-batches: the packing switch is read per call
+    saved = trainer.config
+    trainer.config = saved.model_copy(update={"max_tokens_per_micro_batch": None, "micro_batch_size": 1})
+    try:
+        padded = trainer.logprobs(few)
+    finally:
+        trainer.config = saved
+    mask = few.completion_mask
+    result = {
+        "packed_vs_padded_max_abs": float((packed - padded)[mask].abs().max()),
+        "packed_vs_padded_mean_abs": float((packed - padded)[mask].abs().mean()),
+    }
+    if hf_model is not None:
+        with torch.no_grad():
+            hf = []
+            for row in range(4):
+                length = int(few.attention_mask[row].sum())
+                ids = few.input_ids[row : row + 1, :length].to(ctx.device)
+                logits = hf_model(input_ids=ids).logits.float()
+                logp = torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0].cpu()
+                hf.append(torch.nn.functional.pad(logp, (1, few.input_ids.shape[1] - length)))
+        delta = (packed - torch.stack(hf))[mask].abs()
+        result |= {"packed_vs_hf_max_abs": float(delta.max()), "packed_vs_hf_mean_abs": float(delta.mean())}
+    return result
+
+
+def attention_bench(ctx: Context, workload: Workload, tokens: int) -> list[dict[str, Any]]:
+    """One attention layer's forward + backward on one packed micro-batch of the workload's sequences (bf16)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from rlx.builtin.fsdp_model import _flash_varlen
+    from rlx.packing import first_fit_decreasing, token_budget_bins
+
+    count = len(first_fit_decreasing(workload.lengths, tokens))
+    first_bin = token_budget_bins(workload.lengths, tokens, count)[0]  # a micro-batch as the trainer packs it
+    lengths = [workload.lengths[row] for row in first_bin]
+    total = sum(lengths)
+    heads, kv_heads, dim = ctx.config.num_attention_heads, ctx.config.num_key_value_heads, 128
+    gen = torch.Generator(device=ctx.device).manual_seed(0)
+
+    def make(h: int) -> torch.Tensor:
+        return torch.randn(total, h, dim, device=ctx.device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+
+    q, k, v = make(heads), make(kv_heads), make(kv_heads)
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], device=ctx.device, dtype=torch.int32)
+    doc = torch.repeat_interleave(torch.arange(len(lengths), device=ctx.device), torch.tensor(lengths, device=ctx.device))
+    qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # (1, H, N, D)
+
+    def varlen() -> torch.Tensor:
+        return _flash_varlen(q, k, v, cu, max(lengths), None)
+
+    def per_sequence() -> torch.Tensor:
+        bounds = cu.tolist()
+        return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            qh[:, :, a:b], kh[:, :, a:b], vh[:, :, a:b], is_causal=True, enable_gqa=True)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dim=2)  # fmt: skip
+
+    def sdpa_mask() -> torch.Tensor:
+        causal = torch.ones(total, total, device=ctx.device, dtype=torch.bool).tril()
+        mask = causal & (doc[:, None] == doc[None, :])
+        return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, enable_gqa=True)
+
+    block_mask = create_block_mask(lambda b, h, qi, ki: (doc[qi] == doc[ki]) & (qi >= ki), None, None, total, total)
+    compiled_flex = torch.compile(flex_attention)
+
+    def flex() -> torch.Tensor:
+        return compiled_flex(qh, kh, vh, block_mask=block_mask, enable_gqa=True)
+
+    rows = []
+    useful = 2 * heads * dim * sum(n * n for n in lengths)  # causal forward FLOPs; x 3.5 with the backward
+    for name, fn in (("varlen", varlen), ("flex_attention", flex), ("sdpa_per_sequence", per_sequence),
+                     ("sdpa_block_mask", sdpa_mask)):  # fmt: skip
+        try:
+            for _ in range(2):  # warm-up (flex compiles)
+                fn().sum().backward()
+            seconds, _ = timed(lambda f=fn: [f().sum().backward() for _ in range(5)], ctx.device)
+            ms = seconds / 5 * 1e3
+            rows.append({"attention": name, "tokens": total, "sequences": len(lengths), "fwd_bwd_ms": ms,
+                         "tflops": useful * 3.5 / (ms / 1e3) / 1e12})  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a kernel this torch lacks is a result too
+            rows.append({"attention": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        print(f"  [attention] {rows[-1]}", flush=True)
+        q.grad = k.grad = v.grad = None
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def variant_row(ctx: Context, trainer: FSDPTrainer, workload: Workload, label: str, options: dict) -> dict[str, Any]:
+    return rlx_row(ctx, trainer, workload, label) | {"config": options}
+
+
+def build_trainer(ctx: Context, max_seq_len: int, **options: Any) -> FSDPTrainer:
+    # one CPU thread: this is a smoke test on shared machines, where more threads than free cores crawl
+    config = FSDPTrainerConfig(lr=1e-6, device=ctx.args.device, logits_chunk_tokens=ctx.args.logits_chunk_tokens,
+                               cpu_threads=1, **options)  # fmt: skip
+    started = time.perf_counter()
+    trainer = FSDPTrainer(config, model=ModelSpec(ctx.model_dir, max_seq_len=max_seq_len), seed=0)
+    print(f"trainer built in {time.perf_counter() - started:.1f} s: {options}", flush=True)
+    return trainer
+
+
+def trainer_options(args: argparse.Namespace, scale: float) -> dict[str, Any]:
+    if args.max_tokens is None:
+        return {"micro_batch_size": args.micro_batch, "activation_checkpointing": args.activation_checkpointing,
+                "reshard_after_forward": not args.no_reshard_after_forward}  # fmt: skip
+    budget = max(2, round(args.max_tokens * scale))
+    return {
+        "max_tokens_per_micro_batch": budget,
+        "logprob_max_tokens_per_micro_batch": max(budget, round(args.logprob_max_tokens * scale)),
+        "activation_checkpointing": args.activation_checkpointing,
+        "reshard_after_forward": not args.no_reshard_after_forward,
+        "attention": args.attention,
+        "compile": args.compile,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\n{result['model']} on {result['device']}, torch {result['torch']}")
+    header = f"{'impl':<24} {'workload':<20} {'train s':>8} {'logp s':>7} {'real tok/s':>11} {'MFU':>6} " \
+             f"{'logp MFU':>8} {'pad':>6} {'mb':>4} {'peak GiB':>8}"  # fmt: skip
+    print(header)
+    for row in result["rows"]:
+        if "error" in row:
+            print(f"{row['impl']:<24} {row['workload']:<20} ERROR {row['error'][:80]}")
+            continue
+
+        def pct(x: float | None) -> str:
+            return "-" if x is None else f"{100 * x:.1f}%"
+
+        peak = "-" if row.get("peak_memory_gib") is None else f"{row['peak_memory_gib']:.1f}"
+        logprobs = f"{row['logprobs_s']:.3f}" if "logprobs_s" in row else "-"
+        print(f"{row['impl']:<24} {row['workload']:<20} {row['train_step_s']:>8.3f} {logprobs:>7} "
+              f"{row['real_tokens_per_s']:>11.0f} {pct(row['mfu']):>6} {pct(row.get('logprob_mfu')):>8} "
+              f"{100 * row['padding_fraction']:>5.1f}% {row['micro_batches']:>4} {peak:>8}")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="a tiny model (CPU smoke test)")
-    parser.add_argument("--batch", type=int, default=64, help="sequences per train_step (global)")
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--micro-batch", type=int, default=4, help="sequences per forward/backward")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps (after --warmup ones)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--tiny", action="store_true", help="a tiny model and shorter sequences (CPU smoke test)")
+    parser.add_argument("--table", action="store_true", help="the whole table (see the module docstring)")
+    parser.add_argument("--lengths", choices=["uniform", "longtail"], default="uniform")
+    parser.add_argument("--batch", type=int, default=64, help="rows (rollouts) per train_step")
+    parser.add_argument("--seq-len", type=int, default=None, help="row length / context (default 8192; tiny 1024)")
+    parser.add_argument("--anchor", choices=["hf", "none"], default="hf", help="plain-HF row beside each rlx row")
+    parser.add_argument("--max-tokens", type=int, default=16384, help="train token budget (0: padded rows)")
+    parser.add_argument("--logprob-max-tokens", type=int, default=65536)
+    parser.add_argument("--micro-batch", type=int, default=None, help="rows per micro-batch (padded mode) / cap")
+    parser.add_argument("--attention", default="varlen", choices=["varlen", "sdpa", "flex_attention"])
     parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument(
-        "--no-reshard-after-forward",
-        action="store_true",
-        help="keep gathered layer weights from forward to backward (ZeRO-2-like: fewer gathers, more memory)",
-    )
+    parser.add_argument("--no-reshard-after-forward", action="store_true", help="keep weights gathered per call")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
+    parser.add_argument("--memory-contexts", type=int, nargs="*", default=[8192, 16384, 24576],
+                        help="--table: memory rows, 4 full-length sequences each")  # fmt: skip
+    parser.add_argument("--attention-bench", action="store_true", help="time the attention kernels (GPU)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="another trainer config (FSDPTrainerConfig fields) run on the long-tailed batch")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None, help="timed steps after --warmup ones (2; tiny: 1)")
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--logits-chunk-tokens", type=int, default=1024)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100 SXM)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM)")
     parser.add_argument("--work-dir", default=None, help="where the random checkpoint is written (default: tmp)")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--profile", action="store_true", help="profile one more step; print the top ops")
-    parser.add_argument(
-        "--factory",
-        default="rlx.builtin.fsdp_trainer:FSDPTrainer",
-        help="trainer factory import string taking FSDPTrainerConfig (to compare implementations)",
-    )
+    parser.add_argument("--out", default=None, help="write the results as JSON here (after every row)")
     args = parser.parse_args()
+    args.max_tokens = args.max_tokens or None
+    args.steps = args.steps or (1 if args.tiny else 2)
+    seq_len = args.seq_len or (1024 if args.tiny else FULL_CONTEXT)
+    scale = seq_len / FULL_CONTEXT if args.tiny else 1.0  # tiny: budgets shrink with the sequences
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():  # under torchrun: one rank per GPU
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if args.batch % world_size:
-        raise SystemExit(f"--batch ({args.batch}) must be a multiple of the number of ranks ({world_size})")
-
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     config = model_config(args.tiny)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="rlx-bench-")
     model_dir = os.path.join(work_dir, "model")
-    if rank == 0 and not os.path.isfile(os.path.join(model_dir, "config.json")):
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the HF anchor too (see build_trainer)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
         started = time.perf_counter()
-        save_random_model(config, model_dir, seed=0)
+        save_random_model(config, model_dir, device)
         print(f"random model written to {model_dir} in {time.perf_counter() - started:.1f} s", flush=True)
-    if dist.is_initialized():
-        dist.barrier()
+    ctx = Context(args, config, model_dir, device, args.peak_tflops)
 
-    trainer_config = FSDPTrainerConfig(
-        lr=1e-6,
-        micro_batch_size=args.micro_batch,
-        activation_checkpointing=args.activation_checkpointing,
-        reshard_after_forward=not args.no_reshard_after_forward,
-        logits_chunk_tokens=args.logits_chunk_tokens,
-        device=args.device,
-    )
-    started = time.perf_counter()
-    factory = load_factory(args.factory)
-    trainer = factory(trainer_config, model=ModelSpec(model_dir), seed=0, with_reference=False)
-    build_s = time.perf_counter() - started
-    device = trainer.device
-    per_rank = args.batch // trainer.world_size
-    loss_fn = functools.partial(policy_loss, clip_low=0.2, clip_high=0.28)
-    n_matmul = matmul_params(config)
-    layers, hidden = config.num_hidden_layers, config.hidden_size
+    if args.table:
+        main_workloads = [uniform(64, 1024 if not args.tiny else 128), longtail(64, seq_len),
+                          uniform(8, seq_len)]  # fmt: skip
+    else:
+        main_workloads = [longtail(args.batch, seq_len) if args.lengths == "longtail" else uniform(args.batch, seq_len)]
+    for workload in main_workloads:
+        lengths = workload.lengths
+        print(f"{workload.name}: {workload.real_tokens} real tokens, mean {statistics.mean(lengths):.0f}, "
+              f"{sum(n == workload.context for n in lengths)} at the context, padded grid "
+              f"{1 - workload.real_tokens / (len(lengths) * max(lengths)):.0%} padding", flush=True)  # fmt: skip
 
-    def shard(seed: int) -> TrainBatch:
-        batch = random_batch(args.batch, args.seq_len, config.vocab_size, seed)
-        rows = slice(rank * per_rank, (rank + 1) * per_rank)
-        return TrainBatch(**{k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()})
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    phases: dict[str, list[float]] = {"train_step": [], "logprobs": []}
-    last_metrics: dict[str, float] = {}
-    for step in range(args.warmup + args.steps):
-        batch = shard(seed=step)
-        train_s, last_metrics = timed(lambda b=batch: trainer.train_step(b, loss_fn), device)
-        logprobs_s, _ = timed(lambda b=batch: trainer.logprobs(b), device)
-        if step >= args.warmup:
-            phases["train_step"].append(train_s)
-            phases["logprobs"].append(logprobs_s)
-        if rank == 0:
-            label = "warm-up" if step < args.warmup else "timed"
-            print(
-                f"step {step} ({label}): train_step {train_s:.3f} s, logprobs {logprobs_s:.3f} s, "
-                f"loss {last_metrics['loss']:.4f}, grad_norm {last_metrics['grad_norm']:.3f}",
-                flush=True,
-            )
-
-    if args.profile:
-        profile_step(trainer, shard(seed=0), loss_fn, rank)
-
-    tokens = args.batch * args.seq_len  # global, per call
-    flops_per_token = {
-        "train_step": 6 * n_matmul + 6 * layers * hidden * args.seq_len,
-        "logprobs": 2 * n_matmul + 2 * layers * hidden * args.seq_len,
-    }
-    gpus = trainer.world_size
-    rows = []
-    for phase, times in phases.items():
-        step_s = statistics.median(times)
-        tflops = flops_per_token[phase] * tokens / step_s / 1e12
-        rows.append(
-            {
-                "phase": phase,
-                "step_s": step_s,
-                "tokens_per_s": tokens / step_s,
-                "tflops_per_gpu": tflops / gpus,
-                "mfu": tflops / gpus / args.peak_tflops if device.type == "cuda" else None,
-            }
-        )
-    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    result = {
+    result: dict[str, Any] = {
         "model": "tiny" if args.tiny else "qwen2.5-1.5b-shape (random weights)",
-        "matmul_params": n_matmul,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "ranks": gpus,
-        "dtype": str(trainer.compute_dtype),
-        "batch": args.batch,
-        "seq_len": args.seq_len,
-        "micro_batch": args.micro_batch,
-        "activation_checkpointing": args.activation_checkpointing,
-        "reshard_after_forward": not args.no_reshard_after_forward,
-        "factory": args.factory,
-        "steps_timed": args.steps,
-        "build_s": build_s,
-        "peak_memory_gib": peak_gib,
         "torch": torch.__version__,
-        "results": rows,
-        "last_metrics": last_metrics,
+        "args": vars(args),
+        "workloads": {w.name: {"lengths": w.lengths, "prompt_lengths": w.prompt_lengths} for w in main_workloads},
+        "rows": [],
     }
-    if rank == 0:
-        print(
-            f"\n{result['model']} on {gpus} x {result['device']}, {result['dtype']}, batch {args.batch} x "
-            f"{args.seq_len} tokens, micro-batch {args.micro_batch}, activation checkpointing "
-            f"{args.activation_checkpointing}, reshard after forward {not args.no_reshard_after_forward}, peak memory {peak_gib if peak_gib is None else f'{peak_gib:.1f} GiB'}"
-        )
-        print(f"{'phase':<12} {'step s':>9} {'tokens/s':>12} {'TFLOP/s/GPU':>12} {'MFU':>7}")
-        for row in rows:
-            mfu = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
-            print(
-                f"{row['phase']:<12} {row['step_s']:>9.3f} {row['tokens_per_s']:>12.0f} "
-                f"{row['tflops_per_gpu']:>12.1f} {mfu:>7}"
-            )
+
+    def save() -> None:
         if args.out:
-            with open(args.out, "w") as handle:
+            tmp = f"{args.out}.tmp"
+            with open(tmp, "w") as handle:
                 json.dump(result, handle, indent=2)
-            print(f"results written to {args.out}")
-    trainer.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    if args.work_dir is None and rank == 0:
+            os.replace(tmp, args.out)
+
+    def guarded(label: str, workload: Workload, fn: Callable[[], dict[str, Any]]) -> None:
+        try:
+            result["rows"].append(fn())
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the table
+            traceback.print_exc()
+            result["rows"].append({"impl": label, "workload": workload.name, "error": f"{type(exc).__name__}: {exc}"})
+        save()
+
+    options = trainer_options(args, scale)
+    label = "rlx" if args.max_tokens else "rlx-rows"
+    trainer = build_trainer(ctx, seq_len, **options)
+    try:
+        for workload in main_workloads:
+            guarded(label, workload, lambda w=workload: rlx_row(ctx, trainer, w, label) | {"config": options})
+        hf_model = None
+        if args.anchor == "hf" and device.type == "cuda":  # for the exactness check below
+            from transformers import AutoModelForCausalLM
+
+            hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(device)
+        if args.max_tokens:
+            try:
+                result["exactness"] = exactness(ctx, trainer, hf_model, main_workloads[-1])
+                print(f"exactness: {result['exactness']}", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                result["exactness"] = {"error": f"{type(exc).__name__}: {exc}"}
+            save()
+    finally:
+        trainer.close()
+
+    if args.anchor == "hf":
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if hf_model is None:
+            hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+            hf_model.to(device)
+        hf_model.train()
+        optimizer = torch.optim.AdamW(hf_model.parameters(), lr=1e-6, fused=device.type == "cuda")
+        for workload in main_workloads:
+            guarded("hf", workload, lambda w=workload: hf_anchor_row(ctx, hf_model, optimizer, w))
+        del hf_model, optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for variant in args.variant:
+        overrides = dict(item.split("=", 1) for item in variant.split(","))
+        variant_options = {**options, **{k: json.loads(v) if v[:1] in "-0123456789tfn[" else v
+                                         for k, v in overrides.items()}}  # fmt: skip
+        workload = longtail(args.batch, seq_len)
+        try:
+            trainer = build_trainer(ctx, seq_len, **variant_options)
+        except Exception as exc:  # noqa: BLE001
+            result["rows"].append({"impl": f"rlx {variant}", "workload": workload.name, "error": repr(exc)})
+            continue
+        try:
+            label = f"rlx {variant}"
+            guarded(label, workload, functools.partial(variant_row, ctx, trainer, workload, label, variant_options))
+        finally:
+            trainer.close()
+
+    if args.table and args.memory_contexts:
+        longest = max(args.memory_contexts)
+        budget = longest if not args.tiny else round(longest * scale)
+        memory_options = {**options, "max_tokens_per_micro_batch": budget,
+                          "logprob_max_tokens_per_micro_batch": 4 * budget, "activation_checkpointing": True}  # fmt: skip
+        trainer = build_trainer(ctx, budget, **memory_options)
+        try:
+            for context in args.memory_contexts:
+                workload = uniform(4, context if not args.tiny else round(context * scale))
+                guarded("rlx-ac", workload,
+                        lambda w=workload: rlx_row(ctx, trainer, w, "rlx-ac") | {"config": memory_options})  # fmt: skip
+        finally:
+            trainer.close()
+
+    if args.attention_bench and device.type == "cuda":
+        result["attention_bench"] = attention_bench(ctx, longtail(64, FULL_CONTEXT), args.max_tokens or 16384)
+        save()
+
+    print_table(result)
+    save()
+    if args.out:
+        print(f"results written to {args.out}")
+    if args.work_dir is None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 

@@ -101,6 +101,10 @@ def test_deepscaler_recipes_carry_published_hyperparameters():
     assert [stages[s].grpo.clip_high for s in stages] == [0.2, 0.28, 0.28]
     assert [stages[s].grpo.kl_coef for s in stages] == [0.0, 0.001, 1e-4]
     assert [float(stages[s].trainer.options()["lr"]) for s in stages] == [2e-6, 2e-6, 5e-7]
+    # packed micro-batches whose token budget holds the longest sequence of each stage
+    budgets = [stages[s].trainer.options()["max_tokens_per_micro_batch"] for s in stages]
+    assert budgets == [16384, 16384, 24576]
+    assert all(b >= stages[s].model.max_seq_len for b, s in zip(budgets, stages, strict=True))
 
 
 def test_choosing_another_generator_drops_the_recipes_options_out_loud(tmp_path, caplog):

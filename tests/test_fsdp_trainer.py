@@ -1,4 +1,5 @@
-"""The builtin `fsdp` trainer on CPU (gloo, fp32): log-probabilities, exact micro-batching, checkpoints, export."""
+"""The builtin `fsdp` trainer on CPU (gloo, fp32): log-probabilities (padded and packed), exact micro-batching and
+packing, token budgets, checkpoints, export."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from rlx.builtin.configs import FSDPTrainerConfig
 from rlx.builtin.fsdp_trainer import FSDPTrainer
+from rlx.errors import ConfigError
 from rlx.interfaces import ModelSpec, TrainBatch
 
 
@@ -76,16 +79,26 @@ def tiny_tied_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return tiny_model(tmp_path_factory.mktemp("tiny-tied"), seed=1, tie_word_embeddings=True)
 
 
-def make_trainer(path: str, **options: object) -> FSDPTrainer:
+def make_trainer(path: str, max_seq_len: int = 16, **options: object) -> FSDPTrainer:
     config = FSDPTrainerConfig(**{"lr": 1e-2, "grad_clip": None, "micro_batch_size": 2, "device": "cpu", **options})
-    return FSDPTrainer(config, model=ModelSpec(path), seed=0, with_reference=False)
+    return FSDPTrainer(config, model=ModelSpec(path, max_seq_len=max_seq_len), seed=0, with_reference=False)
+
+
+# packed micro-batches: (train budget, logprobs budget, row cap). make_batch rows hold 8-16 tokens.
+PACKINGS = {
+    "one-row-each": {"max_tokens_per_micro_batch": 16, "logprob_max_tokens_per_micro_batch": 16},
+    "few": {"max_tokens_per_micro_batch": 40, "logprob_max_tokens_per_micro_batch": 40},
+    "all-in-one": {"max_tokens_per_micro_batch": 1000, "micro_batch_size": None},
+    "row-cap": {"max_tokens_per_micro_batch": 1000, "micro_batch_size": 3},
+    "sdpa-mask": {"max_tokens_per_micro_batch": 40, "attention": "sdpa"},
+}
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_chunked_lm_head_gradients_and_entropy(temperature: float, with_bias: bool) -> None:
     """The hand-written backward of the LM-head chunk against finite differences (float64)."""
-    from rlx.builtin.fsdp_trainer import _LMHeadLogprobs
+    from rlx.builtin.fsdp_model import _LMHeadLogprobs
 
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(7, 8, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -104,12 +117,14 @@ def test_chunked_lm_head_gradients_and_entropy(temperature: float, with_bias: bo
     torch.testing.assert_close(entropy, -(log_softmax.exp() * log_softmax).sum(-1))
 
 
+@pytest.mark.parametrize("packing", ["rows", *PACKINGS])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_logprobs_match_a_plain_hf_forward(tiny_path: str, temperature: float) -> None:
+def test_logprobs_match_a_plain_hf_forward(tiny_path: str, temperature: float, packing: str) -> None:
+    """Padded rows and packed sequences (any budget, either attention) give HF's per-row log-probabilities."""
     from transformers import AutoModelForCausalLM
 
     batch = make_batch(5, seed=1)
-    trainer = make_trainer(tiny_path, logits_chunk_tokens=7)  # chunks that straddle rows
+    trainer = make_trainer(tiny_path, logits_chunk_tokens=7, **PACKINGS.get(packing, {}))  # chunks straddle rows
     try:
         got = trainer.logprobs(batch, temperature=temperature)
     finally:
@@ -122,29 +137,38 @@ def test_logprobs_match_a_plain_hf_forward(tiny_path: str, temperature: float) -
     assert (got[batch.completion_mask] < 0).all()
 
 
-def test_logprobs_of_rows_that_are_not_right_padded_use_the_mask(tiny_path: str) -> None:
+def rolled(batch: TrainBatch, row: int, shift: int) -> TrainBatch:
+    """`batch` with `row` rolled right by `shift` columns (its pads move to the left)."""
+    values = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.__dict__.items()}
+    for name in ("input_ids", "attention_mask", "completion_mask"):
+        values[name][row] = torch.roll(values[name][row], shift)
+    return TrainBatch(**values)
+
+
+def test_logprobs_of_rows_that_are_not_right_padded(tiny_path: str) -> None:
+    """Padded mode passes the padding mask (HF semantics: positions count the pads); packed mode drops the pads,
+    so a left-padded row scores exactly as its right-padded self (as a generator, which never sees pads)."""
     from transformers import AutoModelForCausalLM
 
-    from rlx.builtin.fsdp_trainer import _attention_mask
-
     right = make_batch(3, seed=7)
-    assert _attention_mask(right.attention_mask) is None  # plain causal attention: exact for right padding
-    # left-pad the shortest row by rolling it: its real tokens now see pads on their left unless masked
-    rolled = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in right.__dict__.items()}
     row = int(right.attention_mask.sum(-1).argmin())
     shift = int((right.attention_mask[row] == 0).sum())
     assert shift > 0
-    for name in ("input_ids", "attention_mask", "completion_mask"):
-        rolled[name][row] = torch.roll(rolled[name][row], shift)
-    batch = TrainBatch(**rolled)
-    assert _attention_mask(batch.attention_mask) is batch.attention_mask
+    batch = rolled(right, row, shift)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32, attn_implementation="sdpa")
     trainer = make_trainer(tiny_path)
+    try:
+        torch.testing.assert_close(trainer.logprobs(batch), hf_logprobs(hf, batch), atol=1e-5, rtol=0)
+    finally:
+        trainer.close()
+    trainer = make_trainer(tiny_path, max_tokens_per_micro_batch=40)
     try:
         got = trainer.logprobs(batch)
     finally:
         trainer.close()
-    hf = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32, attn_implementation="sdpa")
-    torch.testing.assert_close(got, hf_logprobs(hf, batch), atol=1e-5, rtol=0)
+    expected = hf_logprobs(hf, right)
+    expected[row] = torch.roll(expected[row], shift)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_reference_policy_stays_frozen(tiny_path: str) -> None:
@@ -167,11 +191,18 @@ def test_reference_policy_stays_frozen(tiny_path: str) -> None:
 EXACT = {"eps": 1e-4}
 
 
-def test_micro_batch_size_does_not_change_the_update(tiny_path: str) -> None:
+@pytest.mark.parametrize(
+    "variants",
+    [
+        pytest.param([{"micro_batch_size": m} for m in (1, 8, 3)], id="rows"),
+        pytest.param([{"micro_batch_size": 8}, *PACKINGS.values()], id="packed"),
+    ],
+)
+def test_micro_batching_and_packing_do_not_change_the_update(tiny_path: str, variants: list[dict]) -> None:
     batch = make_batch(8, seed=3)
     results, weights, grads = [], [], []
-    for micro in (1, 8, 3):
-        trainer = make_trainer(tiny_path, micro_batch_size=micro, **EXACT)
+    for options in variants:
+        trainer = make_trainer(tiny_path, **{**EXACT, **options})
         try:
             if not weights:
                 initial = weights_of(trainer)
@@ -180,15 +211,35 @@ def test_micro_batch_size_does_not_change_the_update(tiny_path: str) -> None:
             grads.append(grads_of(trainer))
         finally:
             trainer.close()
-    for other in (1, 2):
-        assert_same_weights(weights[0], weights[other])
+    for other in range(1, len(variants)):
+        # the gradients are the invariant (sums in another order: ~1e-8 apart); Adam turns a 1e-8 difference of
+        # a near-zero gradient into lr * 1e-8 / eps = 1e-6 of weight, so weights get 0.1% of lr
         assert_same_weights(grads[0], grads[other], atol=1e-7)
+        assert_same_weights(weights[0], weights[other], atol=1e-5)
+        for key in ("loss", "entropy", "grad_norm", "weight"):
+            assert results[other][key] == pytest.approx(results[0][key], rel=1e-5), (variants[other], key)
     moved = max((weights[0][n] - initial[n]).abs().max().item() for n in initial)
     assert moved > 1e-3  # the step did something
-    for key in ("loss", "entropy", "grad_norm", "weight"):
-        assert results[0][key] == pytest.approx(results[1][key], rel=1e-5), key
     assert results[0]["weight"] == pytest.approx(1.0, rel=1e-5)  # loss_weights summed over micro-batches
     assert 0 < results[0]["entropy"] <= torch.log(torch.tensor(512.0)).item()
+
+
+def test_a_sequence_longer_than_the_budget_is_a_clear_error(tiny_path: str) -> None:
+    with pytest.raises(ConfigError, match=r"model.max_seq_len \(16\) is longer than trainer.max_tokens_per_micro"):
+        make_trainer(tiny_path, max_tokens_per_micro_batch=12)
+    trainer = make_trainer(tiny_path, max_seq_len=8, max_tokens_per_micro_batch=12)  # max_seq_len understated
+    try:
+        batch = make_batch(4, seed=3)
+        longest = int(batch.attention_mask.sum(-1).max())
+        with pytest.raises(ConfigError, match=rf"has {longest} tokens, trainer.max_tokens_per_micro_batch is 12\. "
+                           rf"Set trainer.max_tokens_per_micro_batch >= {longest}"):  # fmt: skip
+            trainer.train_step(batch, pg_loss)
+        with pytest.raises(ConfigError, match=r"trainer.logprob_max_tokens_per_micro_batch is 48"):
+            trainer.logprobs(make_batch(2, width=64, seed=3))
+    finally:
+        trainer.close()
+    with pytest.raises(ValidationError, match="set trainer.max_tokens_per_micro_batch too"):
+        FSDPTrainerConfig(logprob_max_tokens_per_micro_batch=4096)
 
 
 def test_step_metrics_lr_schedule_and_clipping(tiny_path: str) -> None:

@@ -43,9 +43,14 @@ def make_group(path: str, world_size: int, **options: object) -> LocalTrainerGro
         **{"lr": 1e-2, "grad_clip": 1.0, "micro_batch_size": 2, "device": "cpu", **EXACT, **options}
     )
     return LocalTrainerGroup(
-        Choice.named("trainer", "fsdp", config), BuildContext(seed=0, model=ModelSpec(path), with_reference=True),
+        Choice.named("trainer", "fsdp", config),
+        BuildContext(seed=0, model=ModelSpec(path, max_seq_len=16), with_reference=True),
         world_size=world_size, timeout_s=300,
     )
+
+
+# 2 ranks pack their token-balanced shards (up to 3 sequences of 8-16 tokens per micro-batch); 1 rank pads rows
+PACKED = {"max_tokens_per_micro_batch": 40, "micro_batch_size": None}
 
 
 def with_old_and_ref(group: LocalTrainerGroup, batch: TrainBatch) -> TrainBatch:
@@ -64,20 +69,22 @@ def test_split_rows_is_contiguous_and_uneven() -> None:
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_rank(tiny_path: str, tmp_path: Path) -> None:
-    """Even (4 rows) and uneven (3 rows, then 1 row: an empty shard) batches, GRPO loss with a KL term;
-    then a checkpoint written by 2 ranks loads into 1 and continues identically, and their HF export matches."""
+@pytest.mark.parametrize("pair_options", [{}, PACKED], ids=["rows", "packed"])
+def test_two_ranks_match_one_rank(tiny_path: str, tmp_path: Path, pair_options: dict) -> None:
+    """Even (4 rows), uneven (3 rows, then 1 row: an empty shard) and long-tailed (6 rows: unequal micro-batch
+    counts before the ranks agree) batches, GRPO loss with a KL term; then a checkpoint written by 2 ranks loads
+    into 1 and continues identically, and their HF export matches. Packed: the 2 ranks pack, the 1 rank pads."""
     from transformers import AutoModelForCausalLM
 
     loss_fn = functools.partial(policy_loss, kl_coef=0.1)
-    steps = [make_batch(4, seed=20), make_batch(3, seed=21), make_batch(1, seed=22)]
+    steps = [make_batch(4, seed=20), make_batch(3, seed=21), make_batch(1, seed=22), make_batch(6, seed=24)]
     single = make_group(tiny_path, 1)
-    pair = make_group(tiny_path, 2)
+    pair = make_group(tiny_path, 2, **pair_options)
     try:
         for batch in steps:
             batch_1, batch_2 = with_old_and_ref(single, batch), with_old_and_ref(pair, batch)
-            torch.testing.assert_close(batch_2.old_logprobs, batch_1.old_logprobs, atol=1e-6, rtol=0)
-            torch.testing.assert_close(batch_2.ref_logprobs, batch_1.ref_logprobs, atol=1e-6, rtol=0)
+            torch.testing.assert_close(batch_2.old_logprobs, batch_1.old_logprobs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(batch_2.ref_logprobs, batch_1.ref_logprobs, atol=1e-5, rtol=0)
             metrics_1 = single.train_step(batch_1, loss_fn)
             metrics_2 = pair.train_step(batch_2, loss_fn)
             assert metrics_2.keys() == metrics_1.keys()
@@ -91,7 +98,7 @@ def test_two_ranks_match_one_rank(tiny_path: str, tmp_path: Path) -> None:
         # stopping a stream early leaves the group usable
         first = next(iter(pair.named_weights()))
         assert first[0] == next(iter(weights_2))
-        torch.testing.assert_close(pair.logprobs(steps[0]), single.logprobs(steps[0]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(pair.logprobs(steps[0]), single.logprobs(steps[0]), atol=1e-5, rtol=0)
 
         pair.save_checkpoint(str(tmp_path / "ckpt"))
         pair.export_hf(str(tmp_path / "hf"))  # rank 0 writes what all ranks gathered

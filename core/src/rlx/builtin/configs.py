@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class HFGeneratorConfig(BaseModel):
@@ -43,14 +43,58 @@ class FSDPTrainerConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0, description="linear warm-up (optimizer steps), then constant")
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
-    micro_batch_size: int = Field(8, gt=0, description="sequences per forward/backward")
+    micro_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="rows per forward/backward: without a token budget the row count (None: 8, rows padded to the "
+        "longest); with max_tokens_per_micro_batch an optional cap on rows per packed micro-batch",
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=2,
+        description="token budget of a train micro-batch: rows are unpadded and packed (several sequences per "
+        "forward, attention within each) into as few micro-batches as fit, balanced across ranks. Must be >= the "
+        "longest sequence (model.max_seq_len). None: padded micro-batches of micro_batch_size rows",
+    )
+    logprob_max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=2,
+        description="token budget of a logprobs micro-batch (no activations are kept, so it can be larger). "
+        "None: 4 x max_tokens_per_micro_batch",
+    )
+    attention: Literal["varlen", "sdpa", "flex_attention"] = Field(
+        "varlen",
+        description="attention over packed sequences: varlen (torch's FlashAttention varlen kernel on GPU, SDPA per "
+        "sequence on CPU), sdpa (a block-diagonal mask: N^2 work) or flex_attention (a document mask, compiled)",
+    )
+    compile: bool = Field(False, description="torch.compile each decoder layer (dynamic shapes)")
     device: str = Field("auto", description="auto | cpu | cuda")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     cpu_threads: int = Field(
         0, ge=0, description="torch intra-op threads for CPU training (0: leave torch's setting; 1 suits tiny models)"
     )
     activation_checkpointing: bool = Field(False, description="recompute each decoder layer in backward")
-    reshard_after_forward: bool = Field(True, description="free gathered layer weights after forward (ZeRO-3)")
+    reshard_after_forward: bool = Field(
+        True,
+        description="free gathered layer weights after forward (ZeRO-3). False keeps them gathered (in the compute "
+        "dtype) through all micro-batches of a call: one gather and cast per step instead of two per micro-batch",
+    )
     logits_chunk_tokens: int = Field(
         1024, gt=0, description="tokens per LM-head chunk: bounds the (tokens, vocab) fp32 logits held at once"
     )
+
+    @model_validator(mode="after")
+    def _budgets_go_together(self) -> FSDPTrainerConfig:
+        if self.logprob_max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch is None:
+            raise ValueError(
+                "trainer.logprob_max_tokens_per_micro_batch is set but trainer.max_tokens_per_micro_batch is not: "
+                "packing is on for both passes or neither; set trainer.max_tokens_per_micro_batch too"
+            )
+        return self
+
+    @property
+    def logprob_token_budget(self) -> int | None:
+        """Tokens per logprobs micro-batch (None: padded row micro-batches)."""
+        if self.max_tokens_per_micro_batch is None:
+            return None
+        return self.logprob_max_tokens_per_micro_batch or 4 * self.max_tokens_per_micro_batch

@@ -1,12 +1,13 @@
 """The builtin `fsdp` trainer: PyTorch FSDP2 (`fully_shard` per decoder layer, then the root) over
 torch.distributed, gloo on CPU and NCCL on GPU. One rank per process; `rlx.cluster` runs several.
 
-Gradients are SUMMED over micro-batches and ranks (TrainBatch.loss_weights carry the normalisation).
+Gradients are SUMMED over micro-batches and ranks (TrainBatch.loss_weights carry the normalisation), and reduced
+once per optimizer step (after the last micro-batch). With `max_tokens_per_micro_batch` the rows of a call are
+unpadded and packed into token-budget micro-batches (`rlx.builtin.fsdp_batches`, `rlx.packing`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -14,12 +15,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -29,202 +27,25 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from torch.utils.checkpoint import checkpoint
 
 from rlx.builtin.configs import FSDPTrainerConfig
+from rlx.builtin.fsdp_batches import MicroBatch, map_fields, packed_micro_batch, padded_micro_batch
+from rlx.builtin.fsdp_model import (
+    VARLEN_ATTENTION,
+    PolicyLogprobs,
+    checkpointed,
+    decoder_layers,
+    register_varlen_attention,
+)
+from rlx.errors import ConfigError
 from rlx.interfaces import ModelSpec, PolicyLossFn, TokenBatch, TrainBatch
 from rlx.outputs import check_replaceable, replace_folder
+from rlx.packing import first_fit_decreasing, token_budget_bins
 from rlx.threads import cpu_threads
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-# ------------------------------------------------------------------------------------------ model pieces
-
-
-class _LMHeadLogprobs(torch.autograd.Function):
-    """LM head + log-softmax on one chunk of tokens, with a hand-written backward.
-
-    Saves only the chunk's hidden states and log-partition (never the (n, V) logits): backward recomputes
-    the logits once and forms d logp / d logits = onehot(target) - softmax directly. Also returns the
-    entropy of each next-token distribution (a metric: no gradient).
-    hidden: (n, H), weight: (V, H), bias: (V,) or None, targets: (n,) int64
-    -> log p(target) (n,) float32, entropy (n,) float32 (empty when not asked for).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        targets: torch.Tensor,
-        inv_temperature: float,
-        with_entropy: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = _scaled_logits(hidden, weight, bias, inv_temperature)  # (n, V) float32
-        log_z = torch.logsumexp(logits, dim=-1)  # (n,)
-        target_logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - log_z
-        entropy = logits.new_empty(0)
-        if with_entropy:  # H = log Z - sum_v p_v * logit_v
-            probs = torch.exp(logits - log_z[:, None])
-            entropy = log_z - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
-        ctx.save_for_backward(hidden, weight, bias, targets, log_z)
-        ctx.inv_temperature = inv_temperature
-        ctx.mark_non_differentiable(entropy)
-        return target_logprobs, entropy
-
-    @staticmethod
-    def backward(ctx: Any, grad_logprobs: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        hidden, weight, bias, targets, log_z = ctx.saved_tensors
-        # d logp_target / d logit_v = onehot_v - p_v, times inv_temperature for logits / T
-        probs = _scaled_logits(hidden, weight, bias, ctx.inv_temperature).sub_(log_z[:, None]).exp_()
-        scale = grad_logprobs.to(probs.dtype) * ctx.inv_temperature  # (n,)
-        grad_logits = probs.mul_(-scale[:, None])
-        grad_logits.scatter_add_(1, targets[:, None], scale[:, None])
-        grad_logits = grad_logits.to(hidden.dtype)  # (n, V)
-        grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad_logits.t() @ hidden if ctx.needs_input_grad[1] else None
-        grad_bias = grad_logits.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None
-
-
-def _scaled_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inv_temperature: float
-) -> torch.Tensor:
-    """(n, H) -> (n, V) float32 logits / temperature (matmul in the compute dtype, softmax math in fp32)."""
-    logits = F.linear(hidden, weight, bias)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits if inv_temperature == 1.0 else logits.mul_(inv_temperature)
-
-
-class PolicyLogprobs(nn.Module):
-    """The FSDP root: HF decoder, then the LM head applied chunk by chunk over tokens.
-
-    Wrapping the whole computation in one root `forward` lets FSDP2's root hooks gather (and reduce the
-    gradients of) the embeddings, final norm and LM head around it. Each chunk's logits are freed after
-    its forward and recomputed in backward, so at most one chunk of (tokens, vocab) logits is alive.
-    """
-
-    def __init__(self, hf_model: nn.Module, chunk_tokens: int) -> None:
-        super().__init__()
-        self.hf = hf_model
-        self.chunk_tokens = chunk_tokens
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        temperature: float,
-        with_entropy: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """input_ids, attention_mask: (b, T) -> logprobs (b, T) float32 aligned to input_ids (column 0 is 0),
-        entropy (b, T) float32 (or None) of the next-token distribution that predicted each token.
-        attention_mask None means plain causal attention (exact for right-padded rows, see `_attention_mask`)."""
-        decoder = getattr(self.hf, self.hf.base_model_prefix)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        b, t, h = hidden.shape
-        flat_hidden = hidden[:, :-1].reshape(-1, h)  # position t-1 predicts token t
-        flat_targets = input_ids[:, 1:].reshape(-1)
-        head = self.hf.get_output_embeddings()
-        logprob_chunks, entropy_chunks = [], []
-        for start in range(0, flat_hidden.shape[0], self.chunk_tokens):
-            args = (
-                flat_hidden[start : start + self.chunk_tokens],
-                head.weight,
-                head.bias,
-                flat_targets[start : start + self.chunk_tokens],
-                1.0 / temperature,
-                with_entropy,
-            )
-            lp, ent = _LMHeadLogprobs.apply(*args)
-            logprob_chunks.append(lp)
-            entropy_chunks.append(ent)
-        logprobs = F.pad(torch.cat(logprob_chunks).view(b, t - 1), (1, 0))
-        entropy = F.pad(torch.cat(entropy_chunks).view(b, t - 1), (1, 0)) if with_entropy else None
-        return logprobs, entropy
-
-
-def _checkpointed(forward: Any) -> Any:
-    """Wrap a decoder layer's forward so its activations are recomputed in backward (names unchanged)."""
-
-    @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled():
-            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return forward(*args, **kwargs)
-
-    return run
-
-
-def _decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks (the model's `_no_split_modules` classes): one FSDP unit each."""
-    names = set(getattr(hf_model, "_no_split_modules", None) or ())
-    layers = [m for m in hf_model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ValueError(f"cannot find the decoder layers of {type(hf_model).__name__} (_no_split_modules={names})")
-    return layers
-
-
-def _take_rows(batch: TokenBatch, rows: slice | torch.Tensor) -> TokenBatch:
-    """The same batch type with only `rows` of every (B, ...) tensor field."""
-    values = {
-        f.name: (v[rows] if isinstance(v := getattr(batch, f.name), torch.Tensor) else v)
-        for f in dataclasses.fields(batch)
-    }
-    return type(batch)(**values)
-
-
-def _to_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
-    values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    return type(batch)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in values.items()})
-
-
-def _take_columns(batch: TokenBatch, width: int) -> TokenBatch:
-    """The first `width` columns of every (B, T) tensor field."""
-    values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    return type(batch)(
-        **{k: (v[:, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 else v) for k, v in values.items()}
-    )
-
-
-def _padding_batch(batch: TokenBatch, rows: int) -> TokenBatch:
-    """`rows` sequences that run the same collectives as real ones but contribute nothing (zero loss weights).
-
-    Copies of the shard's first row when it has one (real tokens, no fully masked attention row), else
-    sequences of token 0 with every position attended.
-    """
-    width = max(int(batch.input_ids.shape[1]), 2)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(batch):
-        value = getattr(batch, f.name)
-        if not isinstance(value, torch.Tensor):
-            values[f.name] = value
-        elif len(batch):
-            values[f.name] = value[:1].expand(rows, *value.shape[1:]).clone()
-        else:
-            shape = (rows, width) if value.dim() == 2 else (rows,)
-            values[f.name] = torch.zeros(shape, dtype=value.dtype)
-    if not len(batch):
-        values["attention_mask"] = torch.ones(rows, width, dtype=batch.attention_mask.dtype)
-    if values.get("loss_weights") is not None:
-        values["loss_weights"] = torch.zeros_like(values["loss_weights"])
-    if values.get("advantages") is not None:
-        values["advantages"] = torch.zeros_like(values["advantages"])
-    return type(batch)(**values)
-
-
-def _attention_mask(mask: torch.Tensor) -> torch.Tensor | None:
-    """None (plain causal attention) when every row is right-padded, else `mask`.
-
-    With causal attention a real token never sees the pad tokens to its right, so for right-padded rows
-    the padding mask changes nothing that is scored, and without it SDPA can use its flash kernel.
-    mask: (b, T) on CPU.
-    """
-    lengths = mask.sum(-1, keepdim=True)
-    right_padded = torch.equal(mask.bool(), torch.arange(mask.shape[1])[None, :] < lengths)
-    return None if right_padded else mask
+DEFAULT_MICRO_BATCH_ROWS = 8
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -257,6 +78,13 @@ class FSDPTrainer:
     """
 
     def __init__(self, config: FSDPTrainerConfig, *, model: ModelSpec, seed: int, with_reference: bool = False) -> None:
+        budget = config.max_tokens_per_micro_batch
+        if budget is not None and model.max_seq_len > budget:
+            raise ConfigError(
+                f"model.max_seq_len ({model.max_seq_len}) is longer than trainer.max_tokens_per_micro_batch "
+                f"({budget}): a sequence that long would not fit one micro-batch. Set "
+                f"trainer.max_tokens_per_micro_batch >= {model.max_seq_len}"
+            )
         self.config = config
         self.spec = model
         self._owns_group = not dist.is_initialized()
@@ -275,6 +103,9 @@ class FSDPTrainer:
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         torch.manual_seed(seed)
 
+        self.packed = budget is not None
+        if self.packed and config.attention == "varlen":
+            register_varlen_attention()
         self.policy = self._build_model(trainable=True)
         self.reference = self._build_model(trainable=False) if with_reference else None
         self.optimizer = torch.optim.AdamW(
@@ -283,9 +114,13 @@ class FSDPTrainer:
             betas=tuple(config.betas),
             eps=config.eps,
             weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",  # one kernel per step instead of several per parameter group
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.optimizer_steps = 0
+        #: this rank's last logprobs/train_step call: micro_batches, real_tokens, computed_tokens (positions the
+        #: decoder ran on: real + padding), for benchmarks and metrics
+        self.last_call: dict[str, int] = {}
 
     # ---------------------------------------------------------------------------------------- building
 
@@ -296,6 +131,11 @@ class FSDPTrainer:
             return 1.0
         return start + (1.0 - start) * step / warmup
 
+    def _attn_implementation(self) -> str:
+        if not self.packed:
+            return "sdpa"
+        return VARLEN_ATTENTION if self.config.attention == "varlen" else self.config.attention
+
     def _build_model(self, *, trainable: bool) -> PolicyLogprobs:
         from transformers import AutoModelForCausalLM
 
@@ -305,7 +145,7 @@ class FSDPTrainer:
         hf_model = AutoModelForCausalLM.from_pretrained(
             self.model_path,
             dtype=load_dtype,
-            attn_implementation="sdpa",
+            attn_implementation=self._attn_implementation(),
             trust_remote_code=self.spec.trust_remote_code,
         )
         hf_model.eval()  # no dropout: trainer and generator must score tokens the same way
@@ -320,9 +160,11 @@ class FSDPTrainer:
             mp_policy=mp_policy,
             reshard_after_forward=self.config.reshard_after_forward,
         )
-        for layer in _decoder_layers(hf_model):
+        for layer in decoder_layers(hf_model):
+            if self.config.compile:
+                layer.forward = torch.compile(layer.forward, dynamic=True)
             if trainable and self.config.activation_checkpointing:
-                layer.forward = _checkpointed(layer.forward)
+                layer.forward = checkpointed(layer.forward)
             shard(layer)
         root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens)
         shard(root)
@@ -334,36 +176,77 @@ class FSDPTrainer:
                     module.set_force_sum_reduction_for_comms(True)
         return root
 
-    # ---------------------------------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------------------------------- micro-batches
 
-    def _num_micro_batches(self, rows: int) -> int:
-        """The same count on every rank (FSDP collectives): the largest shard's."""
-        count = torch.tensor([math.ceil(rows / self.config.micro_batch_size)], device=self.device)
+    def _agree_on_count(self, local: int) -> int:
+        """The same number of micro-batches on every rank (FSDP collectives): the largest, at least 1."""
+        count = torch.tensor([max(local, 1)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return int(count.item())
 
-    def _micro_batches(self, batch: TokenBatch) -> Iterator[tuple[TokenBatch, torch.Tensor | None, int]]:
-        """(micro-batch on device trimmed to its last attended column, the attention mask to use (None:
-        plain causal), real rows in it); the padding micro-batches, if any, come last."""
-        size = self.config.micro_batch_size
-        cpu_mask = batch.attention_mask.cpu()
-        # one host-to-device copy (and stream sync) per call, not one per micro-batch
-        on_device = _to_device(batch, self.device)
-        for index in range(self._num_micro_batches(len(batch))):
-            start = index * size
-            real = max(0, min(size, len(batch) - start))
-            if real:
-                micro, rows_mask = _take_rows(on_device, slice(start, start + real)), cpu_mask[start : start + real]
-            else:
-                padding = _padding_batch(batch, 1)
-                micro, rows_mask = _to_device(padding, self.device), padding.attention_mask.cpu()
-            # columns past the last attended token of every row only cost compute
-            width = max(int((rows_mask.bool() * torch.arange(1, rows_mask.shape[1] + 1)).max()), 2)
-            micro = _take_columns(micro, width)
-            yield micro, (None if _attention_mask(rows_mask[:, :width]) is None else micro.attention_mask), real
+    def _plan(self, batch: TokenBatch, token_budget: int | None) -> list[list[int]]:
+        """Rows of each micro-batch (some may be empty: padding), as many on every rank."""
+        row_cap = self.config.micro_batch_size
+        if token_budget is None:
+            size = row_cap or DEFAULT_MICRO_BATCH_ROWS
+            count = self._agree_on_count(math.ceil(len(batch) / size))
+            return [list(range(start, min(start + size, len(batch)))) for start in range(0, count * size, size)]
+        lengths = batch.attention_mask.sum(-1).tolist()
+        too_long = [(row, length) for row, length in enumerate(lengths) if length > token_budget]
+        if too_long:
+            row, length = max(too_long, key=lambda item: item[1])
+            which = "max_tokens_per_micro_batch" if token_budget == self.config.max_tokens_per_micro_batch else (
+                "logprob_max_tokens_per_micro_batch"
+            )
+            raise ConfigError(
+                f"{len(too_long)} sequence(s) are longer than the micro-batch token budget: row {row} has {length} "
+                f"tokens, trainer.{which} is {token_budget}. Set trainer.{which} >= {length} (and >= "
+                "model.max_seq_len)"
+            )
+        count = self._agree_on_count(len(first_fit_decreasing(lengths, token_budget, row_cap)))
+        return token_budget_bins(lengths, token_budget, count, row_cap)
 
-    def _hf(self, root: nn.Module) -> nn.Module:
-        return root.hf  # type: ignore[return-value]
+    def _micro_batches(self, batch: TokenBatch, token_budget: int | None) -> Iterator[MicroBatch]:
+        """The call's micro-batches on the device, built one at a time (the CPU work overlaps the GPU's)."""
+        cpu = map_fields(batch, lambda v: v.cpu())
+        on_device = map_fields(cpu, lambda v: v.to(self.device, non_blocking=True))  # one copy per field per call
+        varlen = self.config.attention == "varlen"
+        plan = self._plan(cpu, token_budget)
+        self.last_call = {"micro_batches": len(plan), "real_tokens": 0, "computed_tokens": 0}
+        for rows in plan:
+            if token_budget is None:
+                micro = padded_micro_batch(cpu, on_device, rows, device=self.device)
+            else:
+                micro = packed_micro_batch(cpu, on_device, rows, varlen=varlen, device=self.device)
+            self.last_call["real_tokens"] += micro.tokens
+            self.last_call["computed_tokens"] += int(micro.input_ids.numel())
+            yield micro
+
+    def _forward(
+        self, model: PolicyLogprobs, micro: MicroBatch, temperature: float, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S,) log-probabilities of the micro-batch's scored tokens, and their entropies (or empty)."""
+        return model(
+            micro.input_ids,
+            micro.position_ids,
+            micro.attention_mask,
+            micro.score_index,
+            temperature,
+            with_entropy,
+            micro.attention_kwargs,
+        )
+
+    def _hf(self, root: PolicyLogprobs) -> torch.nn.Module:
+        return root.hf
+
+    def _finish_call(self, root: PolicyLogprobs) -> None:
+        """Free gathered weights (kept between micro-batches when reshard_after_forward is off) and hand cached
+        blocks back to the driver once per call, so a colocated generator can wake its KV cache on the GPU."""
+        for module in root.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------------------------------- Trainer
 
@@ -379,22 +262,16 @@ class FSDPTrainer:
         model = self.reference if reference else self.policy
         assert model is not None
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=self.device)
-        start = 0
         with torch.no_grad():
-            for micro, mask, real in self._micro_batches(batch):
-                logprobs, _ = model(micro.input_ids, mask, temperature, False)
-                if real:
-                    out[start : start + real, : logprobs.shape[1]] = logprobs[:real]
-                    start += real
+            for micro in self._micro_batches(batch, self.config.logprob_token_budget):
+                logprobs, _ = self._forward(model, micro, temperature, False)
+                if micro.tokens:  # not a padding micro-batch
+                    out.index_put_((micro.rows.index_select(0, micro.scatter_rows), micro.scatter_cols), logprobs)
         # one device-to-host copy at the end: a copy per micro-batch would stall the GPU each time
-        result = out.cpu() * batch.completion_mask.cpu().to(torch.float32)
+        result = out.cpu()
         del out
-        self._release_cached_memory()
+        self._finish_call(model)
         return result
-
-    def _release_cached_memory(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One AdamW step on `batch`; returns loss, grad_norm, lr, entropy and loss_fn's metrics, each
@@ -412,19 +289,27 @@ class FSDPTrainer:
             value = value.detach().to(torch.float64)
             sums[name] = sums[name] + value if name in sums else value
 
-        for micro, mask, _ in self._micro_batches(batch):
-            assert isinstance(micro, TrainBatch) and micro.loss_weights is not None
-            new_logprobs, entropy = self.policy(micro.input_ids, mask, temperature, True)
-            # zero outside the completion, like `logprobs()`; the loss only sees what it should
-            new_logprobs = new_logprobs * micro.completion_mask.to(new_logprobs.dtype)
-            loss, metrics = loss_fn(new_logprobs, micro)
+        micro_batches = list(self._micro_batches(batch, self.config.max_tokens_per_micro_batch))
+        keep_gathered = not self.config.reshard_after_forward
+        for index, micro in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            # reduce gradients once per step; keep the weights gathered between micro-batches if asked to
+            self.policy.set_requires_gradient_sync(last)
+            if keep_gathered:
+                self.policy.set_reshard_after_backward(last)
+            fields = micro.batch
+            assert isinstance(fields, TrainBatch) and fields.loss_weights is not None
+            logprobs, entropy = self._forward(self.policy, micro, temperature, True)
+            new_logprobs = micro.scatter(logprobs)  # (n, width), zero outside the scored completion tokens
+            loss, metrics = loss_fn(new_logprobs, fields)
             if not loss.requires_grad:  # e.g. nothing to learn from here: still run backward (collectives)
-                loss = loss + 0.0 * new_logprobs.sum()
+                loss = loss + 0.0 * logprobs.sum()
             loss.backward()
             add("loss", loss)
-            add("entropy", (entropy * micro.loss_weights).sum())
+            add("entropy", (micro.scatter(entropy) * fields.loss_weights).sum())
             for name, value in metrics.items():
                 add(name, torch.as_tensor(value))
+        del micro_batches
 
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
@@ -437,10 +322,9 @@ class FSDPTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.optimizer_steps += 1
-        # gradients are not needed until the next step: free them, and hand cached blocks back to the driver so a
-        # colocated generator can wake its KV cache on the same GPU
+        # gradients are not needed until the next step: free them (memory for a colocated generator)
         self.optimizer.zero_grad(set_to_none=True)
-        self._release_cached_memory()
+        self._finish_call(self.policy)
 
         names = sorted(sums)
         packed = torch.stack([sums[name].to(self.device) for name in names])

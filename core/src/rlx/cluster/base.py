@@ -1,4 +1,5 @@
-"""What every trainer-group backend shares: the per-rank `TrainerWorker` and splitting batches by rank.
+"""What every trainer-group backend shares: the per-rank `TrainerWorker` and splitting batches by rank
+(`shard_rows`: token-balanced, with `RowShards.restore` to put per-row results back in order).
 
 `local` (processes on one host) and `ray` (actors) both host one `TrainerWorker` per rank and fan the
 Trainer calls out to them; the worker itself knows nothing about how it is hosted.
@@ -9,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from rlx.errors import RlxError
 from rlx.interfaces import PolicyLossFn, TokenBatch, TrainBatch, Trainer
+from rlx.packing import inverse_permutation, karmarkar_karp
 from rlx.plan import Choice
 from rlx.registry import BuildContext
 
@@ -36,16 +39,53 @@ def row_counts(rows: int, parts: int) -> list[int]:
 
 
 def split_rows(batch: TokenBatch, parts: int) -> list[TokenBatch]:
-    """Split every (B, ...) tensor field of `batch` into `parts` contiguous row blocks (some may be empty)."""
+    """Split every (B, ...) tensor field of `batch` into `parts` contiguous row blocks (some may be empty).
+
+    Superseded for trainer ranks by `shard_rows` (token-balanced); kept while a caller still uses it.
+    """
     shards, start = [], 0
     for count in row_counts(len(batch), parts):
-        values = {
-            f.name: (v[start : start + count] if isinstance(v := getattr(batch, f.name), torch.Tensor) else v)
-            for f in dataclasses.fields(batch)
-        }
-        shards.append(type(batch)(**values))
+        shards.append(take_rows(batch, list(range(start, start + count))))
         start += count
     return shards
+
+
+def take_rows(batch: TokenBatch, rows: Sequence[int]) -> TokenBatch:
+    """The same batch type with only `rows` (in that order) of every (B, ...) tensor field."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    values = {
+        f.name: (v.index_select(0, index) if isinstance(v := getattr(batch, f.name), torch.Tensor) else v)
+        for f in dataclasses.fields(batch)
+    }
+    return type(batch)(**values)
+
+
+@dataclass(frozen=True)
+class RowShards:
+    """A batch split across ranks by rows, and the way back: `restore` puts per-row results in the original order.
+
+    shards[k] holds the rows `rows[k]` of the original batch (ascending).
+    """
+
+    shards: list[TokenBatch]
+    rows: list[list[int]]
+
+    def restore(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-shard results (len(rows[k]), ...) -> (B, ...) in the original row order."""
+        order = [row for rows in self.rows for row in rows]
+        return torch.cat(list(parts), dim=0)[inverse_permutation(order)]
+
+
+def shard_rows(batch: TokenBatch, parts: int) -> RowShards:
+    """Split `batch` into `parts` shards of near-equal token count (Karmarkar-Karp on each row's attended tokens),
+    so every rank has the same work; some shards are empty when there are fewer rows than parts.
+
+    The GRPO update does not depend on the split (loss_weights carry the global normalisation); log-probabilities
+    must come back through `RowShards.restore`.
+    """
+    lengths = batch.attention_mask.sum(-1).tolist()
+    rows = karmarkar_karp(lengths, parts)
+    return RowShards(shards=[take_rows(batch, part) for part in rows], rows=rows)
 
 
 class TrainerWorker:

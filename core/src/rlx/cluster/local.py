@@ -2,11 +2,11 @@
 in-process trainer (world_size=1) or by world_size spawned processes, one torch.distributed rank each.
 
 Each process hosts a `rlx.cluster.base.TrainerWorker` (a plain object whose methods are the Trainer
-calls) and serves calls from a command queue. The driver splits batches by rows (contiguous), sends each
-rank its shard, and gathers the answers while watching every process: a rank that raises or dies
+calls) and serves calls from a command queue. The driver splits batches by rows (`shard_rows`: equal token
+loads), sends each rank its shard, and gathers the answers while watching every process: a rank that raises or dies
 surfaces at once as a `TrainerWorkerError` naming the rank and the call (the other ranks, perhaps stuck
 in a collective, are terminated). A Ray group reuses the same worker: `ray.remote(TrainerWorker)` actors,
-`start(rank, world_size, rank0_ip, port)` on each, and the same fan-out / row split (`split_rows`).
+`start(rank, world_size, rank0_ip, port)` on each, and the same fan-out / row split (`shard_rows`, `restore`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, split_rows
+from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, shard_rows
 from rlx.interfaces import PolicyLossFn, TokenBatch, TrainBatch, Trainer
 from rlx.plan import Choice
 from rlx.registry import BuildContext
@@ -179,18 +179,18 @@ class LocalTrainerGroup:
     # ---------------------------------------------------------------------------------------- Trainer
 
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
-        """(B, T) float32: each rank scores its contiguous block of rows; blocks are concatenated in order."""
+        """(B, T) float32: each rank scores a token-balanced share of the rows; results come back in row order."""
         if self._trainer is not None:
             return self._trainer.logprobs(batch, temperature=temperature, reference=reference)
-        shards = split_rows(batch, self.world_size)
-        parts = self._call_all("logprobs", [(shard,) for shard in shards], temperature=temperature, reference=reference)
-        return torch.cat(parts, dim=0)
+        split = shard_rows(batch, self.world_size)
+        parts = self._call_all("logprobs", [(s,) for s in split.shards], temperature=temperature, reference=reference)
+        return split.restore(parts)
 
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
-        """One optimizer step over the whole batch (split by rows); rank 0's metrics (already all-reduced)."""
+        """One optimizer step over the whole batch (token-balanced row shards); rank 0's metrics (all-reduced)."""
         if self._trainer is not None:
             return self._trainer.train_step(batch, loss_fn, temperature=temperature)
-        shards = split_rows(batch, self.world_size)
+        shards = shard_rows(batch, self.world_size).shards
         return self._call_all("train_step", [(shard, loss_fn) for shard in shards], temperature=temperature)[0]
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,5 +1,6 @@
 """Conformance suites for component authors: a third-party generator passes the same tests as `hf` and `vllm`,
-a third-party environment the same as `math` (`EnvironmentConformance`, at the end).
+a third-party trainer the same as `fsdp` (`TrainerConformance`), a third-party environment the same as
+`math` (`EnvironmentConformance`); both at the end.
 
 Usage, in your plugin's test module (pytest)::
 
@@ -33,6 +34,15 @@ Engines that cannot run fp32 may override class attributes, stating why in a com
 `logprob_mismatch_tolerance`, `logprob_max_abs_diff`, `greedy_tolerance`, `reference`.
 Helpers for your own tests: `make_tiny_model`, `make_tiny_models`, `iter_safetensors`.
 
+A trainer package does the same with `TrainerConformance` and a `make_trainer` fixture (a callable taking the
+ModelSpec; use a learning rate that moves the weights in one step, e.g. 1e-3). It checks: logprobs shape, dtype,
+alignment to input_ids and masking (exactly 0 outside completion_mask) against a plain fp32 transformers forward
+at two temperatures, independence from the other rows of the batch, that train_step moves the weights and
+reports finite loss/grad_norm, that named_weights are HF names and full tensors that load into a transformers
+model and reproduce the trainer's logprobs, that a checkpoint resumes bit-exactly, and that export_hf loads with
+transformers. Class attributes to override (say why): `model_dtype`, `logprob_atol`, `checkpoint_atol`,
+`max_seq_len`.
+
 An environment plugin subclasses `EnvironmentConformance` the same way, with a `make_environment` fixture
 returning `seed -> Environment`::
 
@@ -54,6 +64,16 @@ Class attributes to override, stating why: `seed`, `max_problems`, `score_time_l
 from rlx.testing.environment import EnvironmentConformance, check_scores, garbage_completions
 from rlx.testing.fixtures import TinyModels, iter_safetensors, make_tiny_model, make_tiny_models
 from rlx.testing.generator import GeneratorConformance
+from rlx.testing.trainer import TrainerConformance
 
-__all__ = ["EnvironmentConformance", "GeneratorConformance", "TinyModels", "check_scores", "garbage_completions",
-           "iter_safetensors", "make_tiny_model", "make_tiny_models"]
+__all__ = [
+    "EnvironmentConformance",
+    "GeneratorConformance",
+    "TinyModels",
+    "TrainerConformance",
+    "check_scores",
+    "garbage_completions",
+    "iter_safetensors",
+    "make_tiny_model",
+    "make_tiny_models",
+]

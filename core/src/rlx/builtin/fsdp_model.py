@@ -1,0 +1,253 @@
+"""The `fsdp` trainer's model pieces: the FSDP root (decoder + chunked LM-head log-probabilities), varlen attention
+for packed sequences, and finding the decoder layers. No torch.distributed here.
+
+Attention for packed micro-batches (`FSDPTrainerConfig.attention`):
+- `varlen` (default): the HF decoder runs with this module's attention function, which gets the sequence
+  boundaries (`cu_seq_lens_q`, as flash-attn's varlen kwargs) and calls torch's own FlashAttention-2 varlen kernel
+  (`torch.nn.attention.varlen.varlen_attn`, CUDA, bf16/fp16): attention costs sum(L_i^2), no mask is built.
+  Elsewhere (CPU, fp32) it runs causal SDPA once per sequence: exact, and fine for tiny CPU models.
+- `sdpa` / `flex_attention`: transformers' own packed-sequence support (it finds the boundaries from the restarted
+  position ids): SDPA with a (N, N) block-diagonal mask (attention cost N^2), or flex attention with a document
+  block mask (compiled by transformers). Kept to compare against; see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+VARLEN_ATTENTION = "rlx_varlen"
+
+
+class _LMHeadLogprobs(torch.autograd.Function):
+    """LM head + log-softmax on one chunk of tokens, with a hand-written backward.
+
+    Saves only the chunk's hidden states and log-partition (never the (n, V) logits): backward recomputes
+    the logits once and forms d logp / d logits = onehot(target) - softmax directly. Also returns the
+    entropy of each next-token distribution (a metric: no gradient).
+    hidden: (n, H), weight: (V, H), bias: (V,) or None, targets: (n,) int64
+    -> log p(target) (n,) float32, entropy (n,) float32 (empty when not asked for).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        inv_temperature: float,
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = _scaled_logits(hidden, weight, bias, inv_temperature)  # (n, V) float32
+        log_z = torch.logsumexp(logits, dim=-1)  # (n,)
+        target_logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - log_z
+        entropy = logits.new_empty(0)
+        if with_entropy:  # H = log Z - sum_v p_v * logit_v
+            probs = torch.exp(logits - log_z[:, None])
+            entropy = log_z - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, log_z)
+        ctx.inv_temperature = inv_temperature
+        ctx.mark_non_differentiable(entropy)
+        return target_logprobs, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logprobs: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        hidden, weight, bias, targets, log_z = ctx.saved_tensors
+        # d logp_target / d logit_v = onehot_v - p_v, times inv_temperature for logits / T
+        probs = _scaled_logits(hidden, weight, bias, ctx.inv_temperature).sub_(log_z[:, None]).exp_()
+        scale = grad_logprobs.to(probs.dtype) * ctx.inv_temperature  # (n,)
+        grad_logits = probs.mul_(-scale[:, None])
+        grad_logits.scatter_add_(1, targets[:, None], scale[:, None])
+        grad_logits = grad_logits.to(hidden.dtype)  # (n, V)
+        grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad_logits.t() @ hidden if ctx.needs_input_grad[1] else None
+        grad_bias = grad_logits.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _scaled_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inv_temperature: float
+) -> torch.Tensor:
+    """(n, H) -> (n, V) float32 logits / temperature (matmul in the compute dtype, softmax math in fp32)."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits if inv_temperature == 1.0 else logits.mul_(inv_temperature)
+
+
+class PolicyLogprobs(nn.Module):
+    """The FSDP root: HF decoder, then the LM head on the scored positions only, chunk by chunk.
+
+    Wrapping the whole computation in one root `forward` lets FSDP2's root hooks gather (and reduce the
+    gradients of) the embeddings, final norm and LM head around it. Only positions whose next token is scored
+    (completion tokens) go through the LM head, and each chunk's logits are freed after its forward and
+    recomputed in backward, so at most one chunk of (tokens, vocab) logits is alive.
+    """
+
+    def __init__(self, hf_model: nn.Module, chunk_tokens: int) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        score_index: torch.Tensor,
+        temperature: float,
+        with_entropy: bool,
+        attention_kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, position_ids, attention_mask: (b, T) (packed: b = 1 and position ids restart per sequence;
+        attention_mask None = causal, or what `attention_kwargs` says); score_index: (S,) positions of the flattened
+        (b * T) input whose hidden state predicts the next token, `input_ids.view(-1)[score_index + 1]`
+        -> log p(that token) (S,) float32 on logits / temperature, and its distribution's entropy (S,) (empty
+        unless with_entropy)."""
+        decoder = getattr(self.hf, self.hf.base_model_prefix)
+        hidden = decoder(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            **attention_kwargs,
+        ).last_hidden_state
+        scored_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, score_index)  # (S, H)
+        targets = input_ids.reshape(-1).index_select(0, score_index + 1)  # (S,)
+        head = self.hf.get_output_embeddings()
+        logprob_chunks, entropy_chunks = [], []
+        for start in range(0, max(int(score_index.shape[0]), 1), self.chunk_tokens):
+            stop = start + self.chunk_tokens
+            args = (scored_hidden[start:stop], head.weight, head.bias, targets[start:stop], 1.0 / temperature)
+            lp, ent = _LMHeadLogprobs.apply(*args, with_entropy)
+            logprob_chunks.append(lp)
+            entropy_chunks.append(ent)
+        return torch.cat(logprob_chunks), torch.cat(entropy_chunks)
+
+
+# ------------------------------------------------------------------------------------------ varlen attention
+
+
+@functools.cache
+def _torch_varlen() -> tuple[Any, frozenset[str]] | None:
+    """torch's FlashAttention varlen entry point and its keyword names (they changed between releases)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def uses_flash_varlen(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `varlen` attention runs torch's FlashAttention kernel here (else: SDPA per sequence)."""
+    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and _torch_varlen() is not None
+
+
+def varlen_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function for packed sequences (registered as "rlx_varlen").
+
+    query: (1, Hq, N, D); key, value: (1, Hkv, N, D); cu_seq_lens_q: (n + 1,) int32 sequence starts in the N
+    packed tokens, max_length_q the longest -> (1, N, Hq, D), causal within each sequence only.
+    Without boundaries (an unpacked batch) it is transformers' SDPA attention.
+    """
+    if sliding_window is not None or dropout:
+        raise NotImplementedError("varlen attention supports neither sliding-window attention nor dropout")
+    if cu_seq_lens_q is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, is_causal=True)
+    if query.shape[0] != 1:
+        raise ValueError(f"packed sequences come as one row, got a batch of {query.shape[0]}")
+    if uses_flash_varlen(query.device, query.dtype):
+        out = _flash_varlen(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                            cu_seq_lens_q, int(max_length_q or query.shape[2]), scaling)  # fmt: skip
+        return out.unsqueeze(0), None
+    bounds = cu_seq_lens_q.tolist()
+    parts = [
+        F.scaled_dot_product_attention(
+            query[:, :, start:stop], key[:, :, start:stop], value[:, :, start:stop],
+            is_causal=True, scale=scaling, enable_gqa=True,
+        )  # fmt: skip
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2), None
+
+
+def _flash_varlen(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, scale: float | None
+) -> torch.Tensor:
+    """(N, Hq, D), (N, Hkv, D) x2 -> (N, Hq, D) causal FlashAttention over the sequences of `cu_seqlens`."""
+    varlen_attn, names = _torch_varlen()  # type: ignore[misc]
+    options: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in names else {"is_causal": True}
+    if "scale" in names:
+        options["scale"] = scale
+    elif scale is not None and abs(scale - query.shape[-1] ** -0.5) > 1e-12:
+        raise NotImplementedError("this torch's varlen_attn has no `scale` argument; the model needs one")
+    if query.shape[1] != key.shape[1] and "enable_gqa" in names:
+        options["enable_gqa"] = True
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    if query.shape[1] != key.shape[1] and "enable_gqa" not in names and not _native_gqa.get("works", True):
+        repeat = query.shape[1] // key.shape[1]  # give every query head its own key/value head
+        key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
+    try:
+        return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, **options)
+    except RuntimeError:
+        # a torch without `enable_gqa` whose wrapper rejects fewer key/value heads (the kernel takes them)
+        if query.shape[1] == key.shape[1] or "enable_gqa" in names or "works" in _native_gqa:
+            raise
+        _native_gqa["works"] = False
+        return _flash_varlen(query, key, value, cu_seqlens, max_len, scale)
+
+
+_native_gqa: dict[str, bool] = {}
+
+
+def register_varlen_attention() -> None:
+    """Make "rlx_varlen" a transformers attention implementation (idempotent). Deliberately without a mask
+    function: transformers then builds no (N, N) mask and hands the attention function the boundaries."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
+
+
+# ------------------------------------------------------------------------------------------ decoder layers
+
+
+def checkpointed(forward: Any) -> Any:
+    """Wrap a decoder layer's forward so its activations are recomputed in backward (names unchanged)."""
+
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+def decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks (the model's `_no_split_modules` classes): one FSDP unit each."""
+    names = set(getattr(hf_model, "_no_split_modules", None) or ())
+    layers = [m for m in hf_model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find the decoder layers of {type(hf_model).__name__} (_no_split_modules={names})")
+    return layers
