@@ -7,10 +7,13 @@ from rlx.errors import ComponentError, ConfigError, PluginError, RlxError
 from rlx.interfaces import (
     Completion,
     Environment,
+    Episode,
+    EpisodeEnvironment,
     GenerationRequest,
     GenerationResult,
     Generator,
     ModelSpec,
+    Observation,
     Problem,
     SamplingParams,
     Score,
@@ -18,6 +21,7 @@ from rlx.interfaces import (
     TokenBatch,
     TrainBatch,
     Trainer,
+    Turn,
 )
 from rlx.plugins import hookimpl
 
@@ -28,10 +32,13 @@ __all__ = [
     "ComponentError",
     "ConfigError",
     "Environment",
+    "Episode",
+    "EpisodeEnvironment",
     "GenerationRequest",
     "GenerationResult",
     "Generator",
     "ModelSpec",
+    "Observation",
     "PluginError",
     "Problem",
     "RlxError",
@@ -41,5 +48,6 @@ __all__ = [
     "TokenBatch",
     "TrainBatch",
     "Trainer",
+    "Turn",
     "hookimpl",
 ]

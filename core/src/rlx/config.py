@@ -100,6 +100,23 @@ class GRPOConfig(Strict):
         return self
 
 
+class RolloutConfig(Strict):
+    """Limits of multi-turn episodes (environments with `start_episode`); single-turn rollouts ignore them.
+
+    Run-level, not per environment: they bound what a rollout may cost (turns, tokens, waiting on the
+    environment) whatever the environment's own rules are; an environment may end its episodes sooner."""
+
+    max_turns: int = Field(8, gt=0, description="model turns per episode; one more observation ends it: 'max_turns'")
+    max_tokens: int | None = Field(
+        None, gt=0, description="prompt + every turn and observation, per episode (null = model.max_seq_len); "
+        "no room for another turn ends it: 'token_budget'",
+    )
+    env_timeout_s: float = Field(
+        30.0, gt=0, description="one start_episode/step call; a longer one ends its episode: 'env_timeout'"
+    )
+    env_workers: int = Field(8, gt=0, description="threads running environment calls")
+
+
 class ValidationConfig(Strict):
     period: int = Field(0, ge=0, description="validate every N steps (0 = never; also at the end if > 0)")
     samples_per_problem: int = Field(1, gt=0, description="k for avg@k / pass@k")
@@ -179,6 +196,7 @@ class RunConfig(Strict):
     trainer: ComponentSection = Field(default_factory=lambda: ComponentSection(name=DEFAULT_COMPONENTS["trainer"]))
     env: ComponentSection = Field(default_factory=lambda: ComponentSection(name=DEFAULT_COMPONENTS["env"]))
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 
 from rlx.errors import ComponentError, a_or_an
-from rlx.interfaces import Environment, Problem, Score, Split
+from rlx.interfaces import Environment, Observation, Problem, Score, Split
 
 
 class CheckedEnvironment:
@@ -66,9 +66,36 @@ def check_scores(scores: object, expected: int, label: str) -> list[Score]:
     for i, s in enumerate(scores):
         if not isinstance(s, Score):
             raise ComponentError(f"{label}: score()[{i}] is {a_or_an(type(s).__name__)}, not an rlx.Score")
-        if isinstance(s.reward, bool) or not isinstance(s.reward, int | float) or not math.isfinite(s.reward):
+        if not _finite(s.reward):
             raise ComponentError(
                 f"{label}: score()[{i}] has reward {s.reward!r} (status {s.status!r}); rewards must be finite numbers "
                 "(a completion that cannot be graded gets a finite reward, e.g. 0.0, and status 'error')"
             )
     return list(scores)
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_step_result(result: object, label: str) -> Observation | Score:
+    """What `Episode.step` returned, if the contract allows it (an Observation of chat messages, or a Score with a
+    finite reward); otherwise a ComponentError saying what is off (the core ends that episode: 'env_error')."""
+    if isinstance(result, Score):
+        if not _finite(result.reward):
+            raise ComponentError(f"{label}: Episode.step() returned a Score with reward {result.reward!r}; rewards "
+                                 "must be finite numbers")
+        return result
+    if not isinstance(result, Observation):
+        raise ComponentError(f"{label}: Episode.step() returned {a_or_an(type(result).__name__)}; it must return an "
+                             "rlx.interfaces.Observation (the episode goes on) or an rlx.Score (it ends)")
+    if not isinstance(result.messages, tuple | list) or not result.messages:
+        raise ComponentError(f"{label}: Observation.messages must be a non-empty tuple of chat messages, got "
+                             f"{result.messages!r:.80}")
+    for i, m in enumerate(result.messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ComponentError(f"{label}: Observation.messages[{i}] is {m!r:.80}; a chat message is a dict with "
+                                 "string 'role' and 'content'")
+    if not _finite(result.reward):
+        raise ComponentError(f"{label}: Observation.reward is {result.reward!r}; rewards must be finite numbers")
+    return result

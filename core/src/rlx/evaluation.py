@@ -8,10 +8,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlx.config import RolloutConfig
 from rlx.data import PromptEncoder
 from rlx.grpo.metrics import pass_at_k
 from rlx.interfaces import Environment, Generator, Problem, SamplingParams
-from rlx.rollout import RolloutCollector
+from rlx.rollout import make_collector
 
 
 @dataclass
@@ -21,10 +22,12 @@ class EvalResult:
 
 
 def evaluate(
-    generator: Generator, env: Environment, encoder: PromptEncoder, problems: Sequence[Problem], params: SamplingParams
+    generator: Generator, env: Environment, encoder: PromptEncoder, problems: Sequence[Problem], params: SamplingParams,
+    *, rollout: RolloutConfig | None = None,
 ) -> EvalResult:
-    """Generate k = params.n samples per problem and score them: accuracy (= avg@k, mean of pass@1), pass@k."""
-    collector = RolloutCollector(generator, env, encoder)
+    """Generate k = params.n samples per problem and score them: accuracy (= avg@k, mean of pass@1), pass@k.
+    Multi-turn environments run k episodes per problem (within the `rollout` limits)."""
+    collector = make_collector(generator, env, encoder, rollout)
     generator.wake_up()
     groups = collector.generate(problems, params)
     generator.sleep()

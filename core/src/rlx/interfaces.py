@@ -267,7 +267,14 @@ class Problem:
 ScoreStatus = str
 """Why a score is what it is. Common values: "correct" / "wrong" (graded), "partial", "no_answer" (nothing to grade
 was found), "timeout" / "error" (grading itself failed: counted and reported, never raised). Environments may use
-their own; the loop reports the fraction of each status it sees (`score/<status>_frac`)."""
+their own; the loop reports the fraction of each status it sees (`score/<status>_frac`).
+
+The core ends an episode itself (see `EpisodeEnvironment`) with one of `EPISODE_LIMIT_STATUSES`: "max_turns" (the
+model used `rollout.max_turns` turns and the environment still answered with an observation), "token_budget" (no
+room left for another model turn within `rollout.max_tokens`), "env_timeout" (a `start_episode` / `step` call took
+longer than `rollout.env_timeout_s`), "env_error" (it raised, or returned something the contract does not allow)."""
+
+EPISODE_LIMIT_STATUSES: tuple[ScoreStatus, ...] = ("max_turns", "token_budget", "env_timeout", "env_error")
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,67 @@ class Environment(Protocol):
         ...
 
     def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One model turn of an episode, as the environment receives it.
+
+    text: the turn decoded (special tokens removed). token_ids: exactly what the generator sampled (ending with the
+    stop token when finish_reason is "stop"). finish_reason "length": the turn was cut at its token limit.
+    index: 0 for the model's first turn.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    index: int
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The environment's answer to a turn when the episode goes on: chat messages that follow the model's turn
+    (e.g. `{"role": "user", "content": "higher"}` or `{"role": "tool", "content": stdout}`), rendered with the
+    model's chat template and appended to the episode as context (never trained on).
+
+    reward: this turn's reward, added to the episode's return (default 0: only the final Score counts).
+    """
+
+    messages: tuple[Message, ...]
+    reward: float = 0.0
+
+
+@runtime_checkable
+class Episode(Protocol):
+    """One multi-turn interaction, started from a Problem: a state machine driven by the model's turns.
+
+    Episodes of the same environment are independent (the core steps many at once, from worker threads, and may
+    step them asynchronously); keep per-episode state on the episode. A call should return promptly: the core ends
+    an episode whose call overruns `rollout.env_timeout_s` (status "env_timeout"), and one whose call raises
+    (status "env_error"), so neither ever stops the run.
+    """
+
+    def step(self, turn: Turn) -> Observation | Score:
+        """React to the model's turn: an Observation continues the episode, a Score ends it.
+
+        The episode's reward (its return, what GRPO's advantage uses) is the final Score's reward plus the rewards
+        of the observations before it; its status and `correct` are the final Score's.
+        """
+        ...
+
+
+@runtime_checkable
+class EpisodeEnvironment(Protocol):
+    """The optional multi-turn capability of an `Environment` (tools, feedback, games).
+
+    An environment that has `start_episode` is run as episodes: its problems' messages are the first prompt, each
+    model turn goes to `Episode.step`, and `score` is not used for training (keep it meaningful, e.g. a one-turn
+    episode, for tools that score single completions). Single-turn environments need none of this.
+    """
+
+    def start_episode(self, problem: Problem) -> Episode:
+        """A fresh episode for `problem` (one per sample: a GRPO group of G samples starts G episodes)."""
         ...
 
 

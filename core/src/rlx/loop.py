@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 import torch
 
 from rlx.algorithms import Algorithms, select_algorithms
-from rlx.config import GRPOConfig, ValidationConfig
+from rlx.config import GRPOConfig, RolloutConfig, ValidationConfig
 from rlx.data import DataCursor, PromptEncoder
 from rlx.evaluation import evaluate, status_fractions
 from rlx.grpo.metrics import logprob_mismatch, rollout_metrics, sequence_fractions
 from rlx.interfaces import Environment, Generator, Problem, TokenBatch, TrainBatch, Trainer
 from rlx.metrics import timed
 from rlx.producer import RolloutProducer, StepRollouts
-from rlx.rollout import RolloutCollector, Sample, collate
+from rlx.rollout import Sample, collate, make_collector
 
 log = logging.getLogger("rlx.loop")
 
@@ -96,6 +96,7 @@ class GRPOLoop:
     val_problems: Sequence[Problem] = ()
     pad_id: int | None = None  # default: the tokenizer's pad (else eos) id
     algorithms: Algorithms | None = None  # default: the options grpo.* names, from the installed plugins
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # episode limits (multi-turn environments)
     cursor: DataCursor = field(init=False)
     step: int = 0
 
@@ -107,7 +108,7 @@ class GRPOLoop:
         if self.algorithms is None:
             self.algorithms = select_algorithms(self.grpo)
         self.cursor = DataCursor(len(self.train_problems), self.seed)
-        self.collector = RolloutCollector(self.generator, self.env, self.encoder)
+        self.collector = make_collector(self.generator, self.env, self.encoder, self.rollout)
         self.producer = RolloutProducer(self.collector, self.cursor, self.train_problems, self.grpo)
         self.loss_fn = self.algorithms.loss_fn()
 
@@ -136,6 +137,7 @@ class GRPOLoop:
         metrics["reward/solved_frac"] = sum(s.score.solved for s in drawn) / len(drawn)
         metrics.update(status_fractions(s.score.status for s in drawn))
         metrics.update(rollouts.metrics)
+        metrics.update(self.collector.metrics(drawn))
         metrics.update(timings)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["throughput/completion_tokens_per_s"] = sum(s.num_model_tokens for s in drawn) / metrics["time/step"]
@@ -200,7 +202,7 @@ class GRPOLoop:
             top_p=v.top_p, top_k=-1, max_new_tokens=v.max_new_tokens or self.grpo.max_new_tokens,
             seed=self.seed + 7919,
         )
-        results = evaluate(self.generator, self.env, self.encoder, problems, params)
+        results = evaluate(self.generator, self.env, self.encoder, problems, params, rollout=self.rollout)
         summary = {f"val/{k}": float(x) for k, x in results.summary.items()}
         summary["val/time"] = time.perf_counter() - t
         return summary

@@ -1,12 +1,14 @@
-"""The builtin components (`hf` generator, `fsdp` trainer) and algorithm options, registered through the same
-hooks as plugins.
+"""The builtin components (`hf` generator, `fsdp` trainer, `guess` environment) and algorithm options, registered
+through the same hooks as plugins.
 
-Cheap to import: only pydantic Config models; the implementations load when selected.
+Cheap to import: only pydantic Config models (and the pure-Python `guess` game); the implementations load when
+selected.
 """
 
 from __future__ import annotations
 
 from rlx.builtin.configs import FSDPTrainerConfig, HFGeneratorConfig
+from rlx.builtin.guess import GuessConfig
 from rlx.plugins import hookimpl
 from rlx.registry import ComponentRegistry
 
@@ -43,3 +45,13 @@ def register_commands(app) -> None:  # noqa: ANN001 - typer.Typer, imported lazi
     from rlx.builtin.commands import add_commands
 
     add_commands(app)
+
+
+@hookimpl
+def register_environments(registry: ComponentRegistry) -> None:
+    registry.add(
+        "guess",
+        config=GuessConfig,
+        factory="rlx.builtin.guess:GuessEnvironment",
+        description="toy multi-turn game: find a hidden number from higher/lower feedback (episodes)",
+    )

@@ -59,6 +59,10 @@ completion solved, never raises on garbage (empty, huge, control bytes, random u
 returns a batch of it within `score_time_limit_s`; `metadata['solution']` scores as solved and
 `metadata['distractors']` do not (when present: the embedded tiny model's warm-up relies on both).
 Class attributes to override, stating why: `seed`, `max_problems`, `score_time_limit_s`.
+A multi-turn environment (with `start_episode`) also gets the episode tests (`rlx.testing.episodes`): steps answer
+garbage turns with a valid Observation or Score promptly, concurrent episodes match sequential ones, a replayed
+`metadata['demonstration']` solves and dialogue distractors do not (`max_episode_problems`, `max_turns`,
+`step_time_limit_s`). Single-turn environments skip them, saying so.
 """
 
 from rlx.testing.environment import EnvironmentConformance, check_scores, garbage_completions

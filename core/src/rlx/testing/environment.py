@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from rlx.interfaces import Environment, Problem, Score
+from rlx.testing.episodes import EpisodeConformance
 
 MakeEnvironment = Callable[[int], Environment]
 
@@ -63,8 +64,9 @@ def _same_problem(a: Problem, b: Problem) -> bool:
     return (a.id, a.messages, a.answer, a.metadata) == (b.id, b.messages, b.answer, b.metadata)
 
 
-class EnvironmentConformance:
-    """Subclass in your test module and override the `make_environment` fixture.
+class EnvironmentConformance(EpisodeConformance):
+    """Subclass in your test module and override the `make_environment` fixture. Multi-turn environments (with
+    `start_episode`) also get the episode tests (`rlx.testing.episodes`); single-turn ones skip them, saying so.
 
     Class attributes a plugin may override (say why in a comment):
     """
@@ -212,12 +214,17 @@ class EnvironmentConformance:
         assert not unsolved, f"reference solutions not scored as solved: {unsolved[:5]}"
 
     def test_distractors_are_wrong(self, environment: Environment, train: list[Problem]) -> None:
-        """`metadata['distractors']` (the warm-up's wrong answers of the right form) are strings that do not solve."""
+        """`metadata['distractors']` (the warm-up's wrong answers of the right form) do not solve (completions here;
+        dialogues of a multi-turn environment in test_dialogue_distractors_do_not_solve)."""
         with_distractors = [p for p in train if "distractors" in p.metadata][: self.max_problems]
         if not with_distractors:
             pytest.skip("no problem carries metadata['distractors'] (optional: the embedded model's noisy warm-up)")
-        pairs = [(p, d) for p in with_distractors for d in p.metadata["distractors"][:2]]
-        assert pairs and all(isinstance(d, str) for _, d in pairs), "distractors must be a non-empty list of str"
+        every = [d for p in with_distractors for d in p.metadata["distractors"]]
+        assert every and all(isinstance(d, str | list) for d in every), (
+            "distractors must be a non-empty list of str (completions) or of message lists (dialogues)")
+        pairs = [(p, d) for p in with_distractors for d in p.metadata["distractors"][:2] if isinstance(d, str)]
+        if not pairs:
+            pytest.skip("the distractors are dialogues: test_dialogue_distractors_do_not_solve checks them")
         scores = self.score_completions(environment, [p for p, _ in pairs], [d for _, d in pairs])
         solved = [p.id for (p, _), s in zip(pairs, scores, strict=True) if s.solved]
         assert not solved, f"distractors scored as solved: {solved[:5]}"

@@ -147,7 +147,8 @@ class MathEnvironment:
                 id=f"toy-{split}-{i}",
                 messages=template.render(p.text),
                 answer=p.answer,
-                metadata={"source": "toy", "solution": p.solution, "distractors": list(p.distractors)},
+                metadata={"source": "toy", "expression": p.text, "solution": p.solution,
+                          "distractors": list(p.distractors)},
             )
             for i, p in enumerate(generated)
         ]

@@ -115,8 +115,9 @@ def register_environments(registry: ComponentRegistry) -> None:
     registry.add(
         "math",
         config=MathEnvConfig,
-        factory="rlx_math.env:MathEnvironment",
-        description="competition math (DeepScaleR/AIME) or toy arithmetic; binary reward via math-verify",
+        factory="rlx_math.episodes:build_math_environment",
+        description="competition math (DeepScaleR/AIME) or toy arithmetic; binary reward via math-verify; "
+        "episodes with a sandboxed Python tool (tools: [python])",
         requires=("math_verify",),
         install_hint="pip install rlx-math",
     )
