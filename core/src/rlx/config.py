@@ -155,6 +155,11 @@ class RayConfig(Strict):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, ge=0)
+    weight_transport: Literal["auto", "object-store", "broadcast"] = Field(
+        "auto",
+        description="how trainer rank 0's weights reach the replicas: broadcast (NCCL on GPUs, gloo on CPUs) or the "
+        "object store; auto: NCCL broadcast for separate GPU pools, else the object store",
+    )
 
 
 _MOVED_TO_RAY = ("address", "placement", "strategy", "gpus_per_worker", "cpus_per_worker")
