@@ -16,7 +16,6 @@ import pytest
 from rlx_math.grading import GradeOptions, Verdict, grade
 from rlx_math.pool import VerifierPool
 
-
 # far past every limit below, yet finite: a pool that failed to cut the hang would get "stuck" back, not "timeout",
 # so the failure shows as a wrong status instead of a hung test
 HANG_S = 60.0
