@@ -87,6 +87,9 @@ class FakeGenerator:
 
 class FakeTrainer:
     def __init__(self, config: _Options, *, model, seed: int, with_reference: bool) -> None:  # noqa: ANN001
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model.path)
         self.steps = 0
 
     def logprobs(self, batch, *, temperature: float = 1.0, reference: bool = False):  # noqa: ANN001, ANN201
@@ -94,6 +97,8 @@ class FakeTrainer:
 
     def train_step(self, batch, loss_fn, *, temperature: float = 1.0):  # noqa: ANN001, ANN201
         _record("advantages", batch.advantages.tolist())
+        texts = self.tok.batch_decode([row[mask.bool()] for row, mask in zip(batch.input_ids, batch.attention_mask)])
+        _record("trained", sorted("p" + t.split("say ")[1].split("<|im_end|>")[0] for t in texts))
         self.steps += 1
         return {"loss": 0.0, "grad_norm": 1.0, "lr": 1e-3}
 
@@ -233,3 +238,36 @@ def test_environment_contract_violation_names_the_plugin(fakes, model_dir, tmp_p
         _run(tmp_path / "run2", model_dir, 1, "validation.period=0")
 
 
+
+
+# ------------------------------------------------------------------------------------------------ asynchronous
+
+
+def test_async_run_trains_the_same_prompts_one_step_off_and_logs_staleness(fakes, model_dir, tmp_path):
+    _run(tmp_path / "sync", model_dir, 5, "grpo.mini_batch_size=8")
+    sync_trained, sync_pushes = list(fakes["trained"]), len(fakes["pushed"])
+    LOG.clear()
+    summary = _run(tmp_path / "async", model_dir, 5, "grpo.mini_batch_size=8", "grpo.max_staleness=1")
+    assert fakes["trained"] == sync_trained  # the same prompts, step by step
+    assert len(fakes["pushed"]) == sync_pushes == 5
+    rows = [json.loads(line) for line in Path(summary["metrics"]).read_text().splitlines()]
+    steps = [r for r in rows if "reward/mean" in r]
+    # batch 0 and 1 come from the first weights; batch b >= 1 from version b - 1: staleness 0, then always 1
+    assert [r["async/staleness_max"] for r in steps] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert [r["async/staleness_1_frac"] for r in steps] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert all(r["async/dropped_stale_groups"] == 0.0 for r in steps)
+    assert [r["step"] for r in rows if "val/accuracy" in r] == [0, 2, 4, 5]  # validation pauses the producer
+
+
+def test_async_resume_trains_every_prompt_once_in_the_straight_order(fakes, model_dir, tmp_path):
+    """The producer has drawn a batch ahead when the run stops at step 3: the resumed run draws it again."""
+    args = ("validation.period=0", "grpo.mini_batch_size=8", "grpo.max_staleness=1")
+    _run(tmp_path / "straight", model_dir, 5, *args)
+    straight = list(fakes["trained"])
+    LOG.clear()
+    _run(tmp_path / "resumed", model_dir, 3, *args)
+    first = list(fakes["trained"])
+    LOG.clear()
+    _run(tmp_path / "resumed", model_dir, 5, *args)
+    assert first + fakes["trained"] == straight
+    assert len({p for step in straight for p in step}) == NUM_PROBLEMS  # 20 draws over 10 problems: 2 epochs

@@ -23,11 +23,14 @@ ray = pytest.importorskip("ray", reason="the Ray cluster backend needs ray insta
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.placement_group import placement_group_table  # noqa: E402
 
+from rlx.builtin.configs import HFGeneratorConfig  # noqa: E402
 from rlx.checkpoint import CheckpointManager  # noqa: E402
 from rlx.cluster import Components  # noqa: E402
 from rlx.config import build_config  # noqa: E402
 from rlx.errors import RlxError  # noqa: E402
+from rlx.interfaces import SamplingParams  # noqa: E402
 from rlx.plan import Plan, resolve_plan  # noqa: E402
+from rlx.testing import GeneratorConformance  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 
@@ -196,7 +199,7 @@ def test_cli_cluster_ray_two_by_two_trains_like_local(generator, local_default_r
         generator,
         f"output_dir={out}",
         *DEFAULT_RUN,
-        "cluster.cpus_per_worker=0.5",
+        "cluster.ray.cpus_per_worker=0.5",
         "cluster.timeout_s=300",
         "cluster.trainer_workers=2",
         "cluster.generator_replicas=2",
@@ -220,7 +223,7 @@ def test_cli_cluster_ray_two_by_two_trains_like_local(generator, local_default_r
 def test_killed_generator_replica_stops_run_with_clear_error(cluster, tmp_path, monkeypatch):
     """A replica killed after the first checkpoint: the run raises an RlxError naming the replica and the step,
     and the latest checkpoint is complete and loads."""
-    import rlx.run
+    import rlx.rundir
 
     out = tmp_path / "kill"
     killed: list[int] = []
@@ -233,7 +236,7 @@ def test_killed_generator_replica_stops_run_with_clear_error(cluster, tmp_path, 
                 killed.append(step)
             return path
 
-    monkeypatch.setattr(rlx.run, "CheckpointManager", KillAfterFirstSave)
+    monkeypatch.setattr(rlx.rundir, "CheckpointManager", KillAfterFirstSave)
     components: list[Components] = []
     plan = make_plan(
         out,
@@ -281,29 +284,42 @@ def _assert_all_stopped(components: Components) -> None:
         assert placement_group_table(group)["state"] == "REMOVED"
 
 
+PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [7, 7]]
+GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=4, seed=0)
+
+
+def greedy_tokens(generator) -> list[list[tuple[int, ...]]]:
+    """The greedy token ids for PROMPTS (the completions' policy_version changes with every push)."""
+    return [[c.token_ids for c in group] for group in generator.generate(PROMPTS, GREEDY)]
+
+
+def build_direct(plan: Plan) -> tuple[Components, object]:
+    """The plan's components, built as `rlx run` builds them (the environment first: it resolves the model)."""
+    from rich.console import Console
+
+    from rlx.cluster import build_components
+    from rlx.models import resolve_model
+    from rlx.registry import BuildContext
+
+    cfg = plan.config
+    env = plan.selection.environment.build(BuildContext(seed=cfg.seed))
+    model = resolve_model(cfg.model, env, seed=cfg.seed, console=Console())
+    return build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=model), env), env
+
+
 def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_path):
     """On 2 replicas: weights pushed from the driver (small buckets) change the samples and the trainer's own push
     (rank 0 -> replicas) restores them; scoring on Ray workers equals local scoring. Then a replica that stops
     responding (SIGSTOP) fails `generate` after cluster.timeout_s, naming it; closing stops every actor."""
-    from rich.console import Console
-
-    from rlx.cluster import build_components
     from rlx.cluster.ray import RayWorkerError
-    from rlx.interfaces import SamplingParams
-    from rlx.models import resolve_model
-    from rlx.registry import BuildContext
 
-    plan = make_plan(tmp_path, *RAY, "cluster.trainer_workers=2", "cluster.generator_replicas=2")
-    cfg = plan.config
-    env = plan.selection.environment.build(BuildContext(seed=cfg.seed))
-    model = resolve_model(cfg.model, env, seed=cfg.seed, console=Console())
-    components = build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=model), env)
+    components, env = build_direct(
+        make_plan(tmp_path, *RAY, "cluster.trainer_workers=2", "cluster.generator_replicas=2")
+    )
     try:
         generator, trainer = components.generator, components.trainer
         generator.timeout_s = 20  # the deadline of every later call (start-up on a busy CPU takes longer)
-        prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [7, 7]]
-        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=4, seed=0)
-        before = generator.generate(prompts, greedy)
+        before = greedy_tokens(generator)
 
         weights = list(trainer.named_weights())  # fetched to the driver: the generic consumer path
         noise = torch.Generator().manual_seed(0)
@@ -311,10 +327,10 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
         generator.update_weights(iter([(n, t + torch.randn(t.shape, generator=noise)) for n, t in weights]))
         push = generator.last_push
         assert push.transport == "object-store" and push.buckets > 1 and push.tensors == len(weights)
-        assert generator.generate(prompts, greedy) != before
-        generator.update_weights(trainer.named_weights())  # rank 0 -> replicas, never through the driver
-        assert generator.last_push.tensors == len(weights)
-        assert generator.generate(prompts, greedy) == before
+        assert greedy_tokens(generator) != before
+        generator.update_weights(trainer.named_weights(), version=3)  # rank 0 -> replicas, never through the driver
+        assert generator.last_push.tensors == len(weights) and generator.last_push.version == 3
+        assert greedy_tokens(generator) == before
 
         assert components.env.problems("train") is env.problems("train")
         problems = list(env.problems("train")[:6])
@@ -324,12 +340,141 @@ def test_components_push_weights_score_and_fail_on_a_hung_replica(cluster, tmp_p
         pids = [info["pid"] for info in ray.get([a.node.remote() for a in generator.actors])]
         os.kill(pids[1], signal.SIGSTOP)
         with pytest.raises(RayWorkerError) as info:
-            generator.generate(prompts, greedy)
+            generator.generate(PROMPTS, GREEDY)
         message = str(info.value)
-        assert "generator replica 1" in message and "'generate'" in message and "cluster.timeout_s=20" in message
+        assert "generator replica 1: 'generate' at step 4 did not finish within cluster.timeout_s=20 s" in message
     finally:
         components.close()
     _assert_all_stopped(components)
+
+
+def assert_failed_pushes_refuse_until_a_later_push(generator, trainer, *, replica, version, expected) -> None:
+    """Push `version` with `replica` stopped (SIGSTOP): it fails within the deadline naming the replica and the step;
+    the pool, and every other replica (it took part), refuse to generate. Resumed, a later push (over a new group)
+    completes and the samples are `expected` again. Killed, the next push fails naming it."""
+    from rlx.cluster.ray import RayWorkerError
+    from rlx.errors import WeightPushIncompleteError
+
+    pid = generator.pool.infos[replica]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    with pytest.raises(RayWorkerError) as info:
+        generator.update_weights(trainer.named_weights(), version=version)
+    assert (
+        f"generator replica {replica}: 'update_weights' at step {version} did not finish within "
+        f"cluster.timeout_s={generator.timeout_s:g}" in str(info.value)
+    )
+    with pytest.raises(WeightPushIncompleteError, match=f"pool refuses to serve: the weight push of version {version}"):
+        generator.generate(PROMPTS, GREEDY)
+    for other, actor in enumerate(generator.actors):
+        if other != replica:
+            with pytest.raises(ray.exceptions.RayTaskError) as info:
+                ray.get(actor.generate.remote(PROMPTS, GREEDY), timeout=60)
+            refusal = (
+                f"generator replica {other} refuses to serve: the weight push of version {version} did not complete"
+            )
+            assert refusal in str(info.value)
+    os.kill(pid, signal.SIGCONT)
+    generator.update_weights(trainer.named_weights(), version=version + 1)
+    assert generator.last_push.version == version + 1 and greedy_tokens(generator) == expected
+    ray.kill(generator.actors[replica], no_restart=True)
+    with pytest.raises(RayWorkerError) as info:
+        generator.update_weights(trainer.named_weights(), version=version + 2)
+    message = str(info.value)
+    assert message.startswith(f"generator replica {replica} died"), message
+    assert f"during 'update_weights' at step {version + 2}" in message, message
+
+
+def test_broadcast_push_over_gloo_fails_on_a_stuck_or_dead_replica_and_refuses_until_a_later_push(cluster, tmp_path):
+    """`cluster.ray.weight_transport=broadcast` on CPUs: trainer rank 0 and 2 replicas form a gloo group of their own;
+    bucket layouts go through Ray, the packed buckets by broadcast, and the replicas serve the trainer's weights. A
+    push to a stopped (SIGSTOP) replica fails within the deadline naming it and the step; the pool and the replica
+    that took part refuse to generate until a later push (over a new group) completes; a push to a killed replica
+    fails naming it."""
+    plan = make_plan(
+        tmp_path,
+        *RAY,
+        "cluster.trainer_workers=1",
+        "cluster.generator_replicas=2",
+        "cluster.ray.weight_transport=broadcast",
+    )
+    components, _ = build_direct(plan)
+    try:
+        generator, trainer = components.generator, components.trainer
+        generator.timeout_s = 20
+        generator.bucket_bytes = 64 << 10
+        before = greedy_tokens(generator)
+        weights = list(trainer.named_weights())
+        noise = torch.Generator().manual_seed(0)
+        generator.update_weights(iter([(n, t + torch.randn(t.shape, generator=noise)) for n, t in weights]))
+        assert generator.last_push.transport == "object-store"  # from the driver: never a broadcast
+        assert greedy_tokens(generator) != before
+
+        generator.update_weights(trainer.named_weights(), version=7)
+        push = generator.last_push
+        assert (push.transport, push.version, push.tensors) == ("gloo", 7, len(weights))
+        assert {c.policy_version for group in generator.generate(PROMPTS, GREEDY) for c in group} == {7}
+        assert push.bytes == sum(t.numel() * t.element_size() for _, t in weights) and push.buckets > 1
+        assert greedy_tokens(generator) == before
+
+        assert_failed_pushes_refuse_until_a_later_push(generator, trainer, replica=1, version=8, expected=before)
+    finally:
+        components.close()
+    _assert_all_stopped(components)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needs"),
+    [
+        (
+            ["cluster.ray.cpus_per_worker=5", "cluster.ray.gpus_per_worker=1"],
+            "it needs 5 CPUs (cluster has 4); 1 GPUs (cluster has 0).",
+        ),
+        (
+            ["cluster.trainer_workers=3", "cluster.ray.placement=separate", "cluster.ray.strategy=STRICT_SPREAD"],
+            "it needs 3 nodes for STRICT_SPREAD (cluster has 2 alive).",
+        ),
+    ],
+    ids=["cpus-and-gpus", "strict-spread-nodes"],
+)
+def test_infeasible_placement_fails_at_once_with_the_numbers(cluster, tmp_path, overrides, needs):
+    """A placement the cluster can never hold is one ConfigError with what it needs and has, and what to change;
+    the placement groups it reserved on the way are removed."""
+    from rlx.errors import ConfigError
+
+    before = set(placement_group_table())
+    with pytest.raises(ConfigError) as info:
+        build_direct(make_plan(tmp_path, *RAY, *overrides))
+    message = str(info.value)
+    assert message.startswith("the Ray cluster cannot hold this run's placement: " + needs), message
+    assert "Lower cluster.trainer_workers / generator_replicas / ray.cpus_per_worker / ray.gpus_per_worker" in message
+    created = {pg: row for pg, row in placement_group_table().items() if pg not in before}
+    assert created and all(row["state"] == "REMOVED" for row in created.values())
+
+
+class TestRayGeneratorPoolConformance(GeneratorConformance):
+    """The generator contract holds for 2 `hf` replicas behind one RayGeneratorPool (prompts split in blocks, each
+    replica seeded apart, weights pushed from the driver through the object store, versions, refusal)."""
+
+    @pytest.fixture(scope="class")
+    def make_generator(self, cluster):
+        from rlx.cluster.ray import Placement, RayGeneratorPool
+        from rlx.config import ClusterConfig
+        from rlx.plan import Choice
+        from rlx.registry import BuildContext
+
+        placements = []
+        cfg = ClusterConfig(kind="ray", generator_replicas=2, ray={"placement": "separate", "cpus_per_worker": 0.5})
+        hf = Choice.named("generator", "hf", HFGeneratorConfig(batch_size=8, device="cpu"))
+
+        def make(model_spec):
+            placements.append(Placement(cfg))
+            placements[-1].wait_ready(120)
+            ctx = BuildContext(seed=0, model=model_spec)
+            return RayGeneratorPool(hf, ctx, replicas=2, placement=placements[-1], timeout_s=120)
+
+        yield make
+        for placement in placements:
+            placement.remove()
 
 
 def test_keyboard_interrupt_stops_the_clusters_actors(cluster, tmp_path, monkeypatch):

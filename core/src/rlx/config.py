@@ -86,6 +86,10 @@ class GRPOConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = -1
     max_new_tokens: int = Field(256, gt=0)
+    max_staleness: int = Field(
+        0, ge=0, description="0 = synchronous steps; k >= 1 = rollouts for the next steps are generated while the "
+        "trainer trains, and a sample of policy version v is trained at step s only if s - v <= k",
+    )
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
     mismatch_correction: MismatchCorrectionConfig = Field(default_factory=MismatchCorrectionConfig)
@@ -151,6 +155,11 @@ class RayConfig(Strict):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, ge=0)
+    weight_transport: Literal["auto", "object-store", "broadcast"] = Field(
+        "auto",
+        description="how trainer rank 0's weights reach the replicas: broadcast (NCCL on GPUs, gloo on CPUs) or the "
+        "object store; auto: NCCL broadcast for separate GPU pools, else the object store",
+    )
 
 
 _MOVED_TO_RAY = ("address", "placement", "strategy", "gpus_per_worker", "cpus_per_worker")

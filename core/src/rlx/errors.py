@@ -31,6 +31,10 @@ class WeightPushIncompleteError(RlxError):
     weights. A later push that completes clears it."""
 
 
+class RolloutProducerError(RlxError):
+    """The asynchronous rollout producer failed or did not deliver in time (names what it was doing)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""

@@ -17,14 +17,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from rlx.algorithms import Algorithms, select_algorithms
+from rlx.async_producer import AsyncRolloutProducer
 from rlx.config import GRPOConfig, RolloutConfig, ValidationConfig
 from rlx.data import DataCursor, PromptEncoder
 from rlx.evaluation import evaluate, status_fractions
+from rlx.generation import push_weights
 from rlx.grpo.metrics import logprob_mismatch, rollout_metrics, sequence_fractions
 from rlx.interfaces import Environment, Generator, Problem, TokenBatch, TrainBatch, Trainer
 from rlx.metrics import timed
@@ -97,6 +100,7 @@ class GRPOLoop:
     pad_id: int | None = None  # default: the tokenizer's pad (else eos) id
     algorithms: Algorithms | None = None  # default: the options grpo.* names, from the installed plugins
     rollout: RolloutConfig = field(default_factory=RolloutConfig)  # episode limits (multi-turn environments)
+    timeout_s: float = 1800.0  # asynchronous producer: the longest wait for rollouts or a free generator
     cursor: DataCursor = field(init=False)
     step: int = 0
 
@@ -110,23 +114,50 @@ class GRPOLoop:
         self.cursor = DataCursor(len(self.train_problems), self.seed)
         self.collector = make_collector(self.generator, self.env, self.encoder, self.rollout)
         self.producer = RolloutProducer(self.collector, self.cursor, self.train_problems, self.grpo)
+        self.pipeline = (
+            AsyncRolloutProducer(self.producer, max_staleness=self.grpo.max_staleness, step_seed=self.step_seed,
+                                 timeout_s=self.timeout_s)
+            if self.grpo.max_staleness else None
+        )
+        self._data_state: dict[str, int] | None = None
         self.loss_fn = self.algorithms.loss_fn()
+
+    def step_seed(self, step: int) -> int:
+        return self.seed * 100_003 + step
+
+    def data_state(self) -> dict[str, int]:
+        """The data cursor to checkpoint: just after the draws of the last batch trained on (an asynchronous
+        producer has drawn further; a resumed run draws those prompts again)."""
+        return self._data_state if self._data_state is not None else self.cursor.state()
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
 
     def run_step(self) -> StepResult:
         """One GRPO step; returns its metrics (all floats) and rollouts."""
         t0 = time.perf_counter()
-        step_seed = self.seed * 100_003 + self.step
+        step_seed = self.step_seed(self.step)
 
-        # 1-3. prompts -> G completions each -> scores and shaped rewards (dynamic sampling: refills)
-        rollouts = self.producer.produce(step_seed)
+        # 1-3. prompts -> G completions each -> scores and shaped rewards (dynamic sampling: refills); asynchronous:
+        # generated ahead, while the previous steps trained
+        if self.pipeline is None:
+            rollouts = self.producer.produce(step_seed)
+        else:
+            if not self.pipeline.started:
+                self.pipeline.start(self.step)
+            rollouts = self.pipeline.take(self.step)
         # 4-6. advantages, pi_old, optimizer steps
         timings: dict[str, float] = {}
         advantages, metrics = self.train_on(rollouts, step_seed, timings)
-        # 7. push the new weights to the generator
-        with timed(timings, "time/weight_sync"):
-            self.generator.update_weights(self.trainer.named_weights())
-
+        # 7. push the new weights to the generator: version = the number of steps trained
         self.step += 1
+        self._data_state = rollouts.data_state
+        with timed(timings, "time/weight_sync"):
+            if self.pipeline is None:
+                push_weights(self.generator, self.trainer.named_weights(), self.step)
+            else:
+                self.pipeline.push(self.trainer.named_weights, self.step)
         drawn = [s for group in rollouts.drawn for s in group]
         metrics.update(rollout_metrics(
             torch.tensor([[s.score.reward for s in group] for group in rollouts.drawn], dtype=torch.float32),
@@ -197,15 +228,19 @@ class GRPOLoop:
         if not problems:
             return {}
         t = time.perf_counter()
+        with self.pipeline.idle() if self.pipeline is not None else nullcontext():
+            summary = self._validate(problems, v)
+        summary["val/time"] = time.perf_counter() - t
+        return summary
+
+    def _validate(self, problems: list[Problem], v: ValidationConfig) -> dict[str, float]:
         params = self.collector.sampling(
             [self.encoder.encode(p) for p in problems], n=v.samples_per_problem, temperature=v.temperature,
             top_p=v.top_p, top_k=-1, max_new_tokens=v.max_new_tokens or self.grpo.max_new_tokens,
             seed=self.seed + 7919,
         )
         results = evaluate(self.generator, self.env, self.encoder, problems, params, rollout=self.rollout)
-        summary = {f"val/{k}": float(x) for k, x in results.summary.items()}
-        summary["val/time"] = time.perf_counter() - t
-        return summary
+        return {f"val/{k}": float(x) for k, x in results.summary.items()}
 
 
 def _mean_dicts(dicts: list[dict[str, float]], prefix: str) -> dict[str, float]:

@@ -35,12 +35,17 @@ class StepRollouts:
     groups: the groups to train on (at most prompts_per_step), in draw order; rewards: (P, G) float32 their shaped
     rewards (what the advantages see); drawn: every group generated this step (reward metrics describe these, so
     they stay an unbiased picture of the policy); metrics: dynamic_sampling/*, overlong/*, time/*.
+    data_state: the data cursor just after the batch's draws (what a checkpoint taken after training on it holds,
+    whatever an asynchronous producer has drawn since). policy_version (set by the asynchronous producer): the
+    version the generator served when the batch started (samples that carry no version of their own have it).
     """
 
     groups: list[list[Sample]]
     rewards: torch.Tensor
     drawn: list[list[Sample]]
     metrics: dict[str, float] = field(default_factory=dict)
+    policy_version: int | None = None
+    data_state: dict[str, int] | None = None
 
 
 def _keep_every_group(rewards: Sequence[float]) -> bool:
@@ -49,7 +54,10 @@ def _keep_every_group(rewards: Sequence[float]) -> bool:
 
 class RolloutProducer:
     """Produces each step's rollouts from the training problems, advancing `cursor` by every prompt it draws (the
-    cursor is checkpointed after the step, so a resumed run draws the same prompts: refills included)."""
+    cursor is checkpointed after the step, so a resumed run draws the same prompts: refills included).
+
+    keep_awake: never put the generator to sleep (the asynchronous producer keeps it resident beside the trainer).
+    """
 
     def __init__(self, collector: RolloutCollector, cursor: DataCursor, problems: Sequence[Problem],
                  grpo: GRPOConfig) -> None:
@@ -58,6 +66,7 @@ class RolloutProducer:
         self.problems = problems
         self.grpo = grpo
         self._warned_short = False
+        self.keep_awake = False
 
     def produce(self, step_seed: int) -> StepRollouts:
         g = self.grpo
@@ -86,7 +95,7 @@ class RolloutProducer:
             with timed(timings, "time/generate"):
                 completions = self.collector.generate(problems, params)
             last_round = round_index == rounds - 1
-            if last_round:  # nothing more to generate: give the accelerator back before scoring
+            if last_round and not self.keep_awake:  # nothing more to generate: give the accelerator back first
                 with timed(timings, "time/sleep"):
                     generator.sleep()
             with timed(timings, "time/score"):
@@ -104,7 +113,7 @@ class RolloutProducer:
                 if keep(rewards):
                     kept.append((group, rewards))
             done_rounds += 1
-        if not last_round:
+        if not last_round and not self.keep_awake:
             with timed(timings, "time/sleep"):
                 generator.sleep()
 
@@ -125,7 +134,7 @@ class RolloutProducer:
             **timings,
         }
         rewards = torch.tensor([r for _, r in trained], dtype=torch.float32).view(len(trained), g.num_generations)
-        return StepRollouts([grp for grp, _ in trained], rewards, drawn, metrics)
+        return StepRollouts([grp for grp, _ in trained], rewards, drawn, metrics, data_state=self.cursor.state())
 
     def _refill_size(self, missing: int, kept: int, drawn: int) -> int:
         """Prompts for the next round: the missing groups over the share kept so far, at most prompts_per_step."""

@@ -49,7 +49,7 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
         # scoring happens where the cluster put it: `env` itself, or Ray scorer actors (checked the same way)
         scorer = components.env if components.env is env else CheckedEnvironment(components.env, env_choice.spec.label)
         loop = GRPOLoop(components.generator, components.trainer, scorer, encoder, cfg.grpo, cfg.validation,
-                        cfg.seed, train, val)
+                        cfg.seed, train, val, rollout=cfg.rollout, timeout_s=cfg.cluster.timeout_s)
         state = rundir.start(components.trainer, components.generator, console)
         if state is not None:
             loop.step = state["step"]
@@ -63,6 +63,8 @@ def run(plan: Plan, console: Console | None = None) -> dict[str, Any]:
     except KeyboardInterrupt:
         raise RunInterrupted(interrupt_message(rundir, None if loop is None else loop.step)) from None
     finally:
+        if loop is not None:
+            loop.close()  # the asynchronous producer stops before the generator closes
         if components is not None:
             components.close()  # closes components.env too: `env` itself, or the cluster's scorers
         if components is None or components.env is not env:
@@ -96,7 +98,7 @@ def train_steps(loop: GRPOLoop, rundir: RunDir, logger: MetricsLogger, component
         logger.log(result.step, last)
         rollouts.write(result.step, result.samples)
         if is_last or (cfg.checkpoint.period and result.step % cfg.checkpoint.period == 0):
-            rundir.save(result.step, components.trainer, {"data": loop.cursor.state(), "metrics": last})
+            rundir.save(result.step, components.trainer, {"data": loop.data_state(), "metrics": last})
     return last
 
 
