@@ -154,3 +154,41 @@ def test_idle_holds_the_producer_between_batches():
 def test_max_staleness_zero_is_the_synchronous_loop():
     with pytest.raises(ValueError, match="max_staleness must be >= 1"):
         _producer(FakeProducer(), 0)
+
+
+class _HungGenerator:
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def update_weights(self, weights, version=None) -> None:  # noqa: ANN001
+        list(weights)
+        self.release.wait(10)
+
+
+def test_a_weight_push_past_its_deadline_names_the_version_and_the_stuck_side():
+    from rlx.errors import WeightPushTimeoutError
+    from rlx.generation import push_weights_within
+
+    release = threading.Event()
+    with pytest.raises(WeightPushTimeoutError, match=r"the weight push of version 3 did not finish within "
+                                                     r"cluster.timeout_s=0.2s: the generator had taken every tensor"):
+        push_weights_within(_HungGenerator(release), [("a", torch.zeros(1))], 3, timeout_s=0.2)
+    release.set()
+
+    def stuck_stream():  # noqa: ANN202 - the trainer's side stops after one tensor
+        yield "a", torch.zeros(1)
+        release.clear()
+        release.wait(10)
+        yield "b", torch.zeros(1)
+
+    with pytest.raises(WeightPushTimeoutError, match=r"the trainer's weight stream stopped after 1 tensor\(s\) "
+                                                     r"\(the last one 'a'\)"):
+        push_weights_within(FakeGenerator([]), stuck_stream(), 4, timeout_s=0.2)
+    release.set()
+
+    class Broken:
+        def update_weights(self, weights, version=None) -> None:  # noqa: ANN001
+            raise RuntimeError("bucket 2 failed")
+
+    with pytest.raises(RuntimeError, match="bucket 2 failed"):
+        push_weights_within(Broken(), [("a", torch.zeros(1))], 5, timeout_s=5)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import torch
 
 from rlx.errors import RolloutProducerError
-from rlx.generation import push_weights
+from rlx.generation import push_weights_within
 from rlx.interfaces import NamedTensors
 from rlx.producer import RolloutProducer, StepRollouts
 
@@ -122,7 +122,7 @@ class AsyncRolloutProducer:
             self._pushing = True
         pushed = False
         try:
-            push_weights(self.producer.collector.generator, weights(), version)
+            push_weights_within(self.producer.collector.generator, weights(), version, timeout_s=self.timeout_s)
             pushed = True
         finally:
             with self._cond:
