@@ -3,6 +3,7 @@ starting weights, problems, batch and hyper-parameters. Prints a table and write
 
     python benchmarks/time_to_reward.py                       # cold + warm rlx, then TRL (about 10-15 min)
     python benchmarks/time_to_reward.py --no-cold --trl-budget 300
+    python benchmarks/time_to_reward.py --no-cold --skip-trl   # synchronous rlx beside grpo.max_staleness=1
 
 "Time to target": seconds from process start (imports, model build/load, everything) to the GRPO step at which the
 rolling mean of the training reward over the last `--window` steps first reaches `--target`; "loop" columns count
@@ -150,8 +151,8 @@ def summarise(name: str, res: dict[str, Any], reward_key: str, loop_time_key: st
 # ------------------------------------------------------------------------------------------------- rlx
 
 
-def run_rlx(args: argparse.Namespace, work: Path, cache: Path, label: str) -> dict[str, Any]:
-    out_dir = work / f"rlx-{label}"
+def run_rlx(args: argparse.Namespace, work: Path, cache: Path, label: str, *extra: str) -> dict[str, Any]:
+    out_dir = work / f"rlx-{label.replace(' ', '_').replace('=', '')}"
     cmd = [
         args.rlx,
         "run",
@@ -160,13 +161,14 @@ def run_rlx(args: argparse.Namespace, work: Path, cache: Path, label: str) -> di
         "checkpoint.export_hf=false",
         "validation.period=0",
         f"seed={args.seed}",
+        *extra,
     ]
     env = {**os.environ, "RLX_CACHE": str(cache)}
     print(f"[rlx {label}] {' '.join(cmd)}  (RLX_CACHE={cache})", flush=True)
     res = watch(
         cmd,
         env=env,
-        log_path=work / f"rlx-{label}.log",
+        log_path=out_dir.with_suffix(".log"),
         steps_path=out_dir / "metrics.jsonl",
         reward_key="reward/mean",
         target=args.target,
@@ -176,7 +178,7 @@ def run_rlx(args: argparse.Namespace, work: Path, cache: Path, label: str) -> di
     summary = summarise(f"rlx ({label})", res, "reward/mean", "wall_time", args.window)
     summary["command"] = " ".join(["rlx", "run", "output_dir=<scratch>", *cmd[3:]])
     if not res["rows"]:
-        print((work / f"rlx-{label}.log").read_text()[-3000:], file=sys.stderr)
+        print(out_dir.with_suffix(".log").read_text()[-3000:], file=sys.stderr)
     return summary
 
 
@@ -426,6 +428,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "filled by the cold run; with --no-cold, $RLX_CACHE or ~/.cache/rlx)",
     )
     p.add_argument("--skip-trl", action="store_true", help="time rlx only")
+    p.add_argument("--max-staleness", type=int, default=1,
+                   help="also time a warm asynchronous rlx run with this grpo.max_staleness (0: skip it)")
     p.add_argument("--skip-rlx", action="store_true", help="time TRL only (the model must be in --cache already)")
     p.add_argument("--rlx", default=str(Path(sys.executable).parent / "rlx"), help="the rlx executable")
     p.add_argument(
@@ -457,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows.append(run_rlx(args, work, cache, "cold"))
         if not args.skip_rlx:
             rows.append(run_rlx(args, work, cache, "warm"))
+            if args.max_staleness:
+                rows.append(run_rlx(args, work, cache, f"warm, max_staleness={args.max_staleness}",
+                                    f"grpo.max_staleness={args.max_staleness}"))
         if not args.skip_trl:
             rows.append(run_trl(args, work, cache))
         print_table(rows, args.target, args.window)

@@ -97,7 +97,8 @@ class FakeTrainer:
 
     def train_step(self, batch, loss_fn, *, temperature: float = 1.0):  # noqa: ANN001, ANN201
         _record("advantages", batch.advantages.tolist())
-        texts = self.tok.batch_decode([row[mask.bool()] for row, mask in zip(batch.input_ids, batch.attention_mask)])
+        rows = zip(batch.input_ids, batch.attention_mask, strict=True)
+        texts = self.tok.batch_decode([row[mask.bool()] for row, mask in rows])
         _record("trained", sorted("p" + t.split("say ")[1].split("<|im_end|>")[0] for t in texts))
         self.steps += 1
         return {"loss": 0.0, "grad_norm": 1.0, "lr": 1e-3}

@@ -1,7 +1,7 @@
 """The sandboxed Python tool: statuses, limits, what it isolates, and that runaway snippets never hang the caller.
 
-Each call starts an interpreter (~50 ms). The time bounds asserted below are hang guards (a limit that did
-not work would take minutes), not performance figures.
+Each call starts an interpreter (~50 ms). Limits are checked by the status and reason a call reports, never by
+how long it took; the waits bounded by HANG_GUARD_S only keep a broken limit from hanging the test run.
 """
 
 from __future__ import annotations
@@ -45,14 +45,13 @@ def test_error_returns_the_traceback_tail_without_sandbox_frames() -> None:
 
 def test_infinite_loop_is_killed_at_the_cpu_limit() -> None:
     result = run_python("while True:\n    pass", PythonToolConfig(timeout_s=60, cpu_s=1))
-    assert (result.status, result.reason) == ("killed", "cpu")
-    assert result.wall_s < HANG_GUARD_S
+    assert (result.status, result.reason) == ("killed", "cpu")  # the cpu limit, not the 60 s wall clock
 
 
 def test_sleeping_snippet_is_killed_at_the_wall_clock_limit() -> None:
     result = run_python("import time\nprint('started', flush=True)\ntime.sleep(600)", PythonToolConfig(timeout_s=1))
     assert result.status == "timeout" and result.stdout == "started\n"
-    assert 1.0 <= result.wall_s < HANG_GUARD_S
+    assert result.wall_s >= 1.0  # reported, and the limit never fires early
 
 
 def test_huge_print_is_killed_and_long_output_is_truncated() -> None:
@@ -170,7 +169,6 @@ def test_parallel_calls_each_stay_within_their_limits() -> None:
     statuses = sorted(r.status for r in results)
     assert statuses == ["ok", "ok"] + ["timeout"] * 6
     assert all(r.stdout == "42\n" for r in results if r.status == "ok")
-    assert all(r.wall_s < HANG_GUARD_S for r in results)
 
 
 def test_config_rejects_unknown_and_bad_values() -> None:

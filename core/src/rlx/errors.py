@@ -31,6 +31,10 @@ class WeightPushIncompleteError(RlxError):
     weights. A later push that completes clears it."""
 
 
+class WeightPushTimeoutError(RlxError):
+    """A weight push did not finish within `cluster.timeout_s` (the message says which side was stuck)."""
+
+
 class RolloutProducerError(RlxError):
     """The asynchronous rollout producer failed or did not deliver in time (names what it was doing)."""
 

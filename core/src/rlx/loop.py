@@ -27,7 +27,7 @@ from rlx.async_producer import AsyncRolloutProducer
 from rlx.config import GRPOConfig, RolloutConfig, ValidationConfig
 from rlx.data import DataCursor, PromptEncoder
 from rlx.evaluation import evaluate, status_fractions
-from rlx.generation import push_weights
+from rlx.generation import push_weights_within
 from rlx.grpo.metrics import logprob_mismatch, rollout_metrics, sequence_fractions
 from rlx.interfaces import Environment, Generator, Problem, TokenBatch, TrainBatch, Trainer
 from rlx.metrics import timed
@@ -155,7 +155,7 @@ class GRPOLoop:
         self._data_state = rollouts.data_state
         with timed(timings, "time/weight_sync"):
             if self.pipeline is None:
-                push_weights(self.generator, self.trainer.named_weights(), self.step)
+                push_weights_within(self.generator, self.trainer.named_weights(), self.step, timeout_s=self.timeout_s)
             else:
                 self.pipeline.push(self.trainer.named_weights, self.step)
         drawn = [s for group in rollouts.drawn for s in group]

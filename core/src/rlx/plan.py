@@ -81,7 +81,8 @@ class Plan:
         lines.append(f"  model       {c.model.path} (dtype {c.model.dtype}, max_seq_len {c.model.max_seq_len})")
         lines.append(
             f"  grpo        {c.steps} steps x {g.prompts_per_step} prompts x {g.num_generations} samples; "
-            f"{g.prompts_per_step * g.num_generations // g.mini_batch_size} optimizer steps/step"
+            f"{g.prompts_per_step * g.num_generations // g.mini_batch_size} optimizer steps/step; "
+            + (f"asynchronous, max staleness {g.max_staleness}" if g.max_staleness else "synchronous")
         )
         if self.algorithms is not None:
             lines.append(f"  algorithm   {self.algorithms.describe()}")

@@ -4,11 +4,12 @@ which policy version it serves, and whether its last weight push completed."""
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
-from rlx.errors import WeightPushIncompleteError
+from rlx.errors import WeightPushIncompleteError, WeightPushTimeoutError
 from rlx.interfaces import Completion, Generator, NamedTensors
 
 TagCall = Callable[[list[str]], object]
@@ -121,3 +122,40 @@ def push_weights(generator: Generator, weights: NamedTensors, version: int | Non
         generator.update_weights(weights, version=version)
     else:
         generator.update_weights(weights)
+
+
+def push_weights_within(generator: Generator, weights: NamedTensors, version: int | None, *, timeout_s: float,
+                        component: str = "the generator") -> None:
+    """`push_weights`, but a push that has not returned after `timeout_s` is a WeightPushTimeoutError naming the
+    version and the side that was stuck (the trainer's weight stream, or the generator taking them) instead of a
+    hang. The push runs in a helper thread that is abandoned on timeout; the generator's WeightPushGuard then
+    refuses to serve until a later push completes."""
+    read = {"tensors": 0, "last": None, "ended": False}
+
+    def counted() -> Iterator:
+        for name, tensor in weights:
+            read["tensors"], read["last"] = read["tensors"] + 1, name
+            yield name, tensor
+        read["ended"] = True
+
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            push_weights(generator, counted(), version)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"rlx-weight-push-{version}", daemon=True).start()
+    if not done.wait(timeout_s):
+        side = (f"{component} had taken every tensor but not returned" if read["ended"] else
+                f"the trainer's weight stream stopped after {read['tensors']} tensor(s)"
+                + (f" (the last one '{read['last']}')" if read["last"] else "") + f", or {component} stopped taking them")
+        name = "the unversioned weight push" if version is None else f"the weight push of version {version}"
+        raise WeightPushTimeoutError(f"{name} did not finish within cluster.timeout_s={timeout_s:g}s: {side}. "
+                                     "Raise cluster.timeout_s if pushes are that slow, or look at the generator's logs")
+    if failure:
+        raise failure[0]
