@@ -152,7 +152,7 @@ def summarise(name: str, res: dict[str, Any], reward_key: str, loop_time_key: st
 
 
 def run_rlx(args: argparse.Namespace, work: Path, cache: Path, label: str, *extra: str) -> dict[str, Any]:
-    out_dir = work / f"rlx-{label.replace(' ', '_').replace('=', '')}"
+    out_dir = work / ("rlx-" + "-".join("".join(c if c.isalnum() else " " for c in label).split()))
     cmd = [
         args.rlx,
         "run",
@@ -429,7 +429,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-trl", action="store_true", help="time rlx only")
     p.add_argument("--max-staleness", type=int, default=1,
-                   help="also time a warm asynchronous rlx run with this grpo.max_staleness (0: skip it)")
+                   help="also time warm asynchronous rlx runs with this grpo.max_staleness, without and with "
+                   "grpo.mismatch_correction.kind=tis (0: skip them)")
     p.add_argument("--skip-rlx", action="store_true", help="time TRL only (the model must be in --cache already)")
     p.add_argument("--rlx", default=str(Path(sys.executable).parent / "rlx"), help="the rlx executable")
     p.add_argument(
@@ -461,9 +462,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows.append(run_rlx(args, work, cache, "cold"))
         if not args.skip_rlx:
             rows.append(run_rlx(args, work, cache, "warm"))
-            if args.max_staleness:
-                rows.append(run_rlx(args, work, cache, f"warm, max_staleness={args.max_staleness}",
-                                    f"grpo.max_staleness={args.max_staleness}"))
+            if args.max_staleness:  # asynchronous, without and with truncated importance sampling
+                async_run = f"grpo.max_staleness={args.max_staleness}"
+                rows.append(run_rlx(args, work, cache, f"warm, max_staleness={args.max_staleness}", async_run))
+                rows.append(run_rlx(args, work, cache, f"warm, max_staleness={args.max_staleness}, tis", async_run,
+                                    "grpo.mismatch_correction.kind=tis"))
         if not args.skip_trl:
             rows.append(run_trl(args, work, cache))
         print_table(rows, args.target, args.window)
