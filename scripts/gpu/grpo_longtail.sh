@@ -8,7 +8,9 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 if [ "$1" = install ]; then
   mkdir -p /root/w && cat /root/gw/part* | tar xf - -C /root/w || exit 1
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /root/w/*.whl .whl/*.whl || exit 1
+  extra=()  # pydantic's wheels, unless the vLLM set has them already
+  for w in .whl/*.whl; do n=$(basename "$w" | cut -d- -f1); ls /root/w/"$n"-* >/dev/null 2>&1 || extra+=("$w"); done
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /root/w/*.whl "${extra[@]}" || exit 1
   PYTHONPATH=/tmp/site python3 -m pip install -q --no-index --no-deps --no-build-isolation -e core -e plugins/backend_vllm \
     || exit 1
   exit 0
