@@ -2,7 +2,7 @@
 # One H200: the long-tailed DeepScaleR-shaped GRPO step, synchronous vs one-step-off asynchronous, with real vLLM.
 # Needs the vLLM wheel parts in /root/gw (sent by earlier calls, see README "GPU") and pydantic's wheels in .whl.
 #   bash scripts/gpu/grpo_longtail.sh install        # unpack and install the wheels and the project (once per machine)
-#   bash scripts/gpu/grpo_longtail.sh sync|async STEPS [extra overrides...]
+#   NEW_TOKENS=2048 bash scripts/gpu/grpo_longtail.sh sync|async STEPS [extra overrides...]
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -18,13 +18,13 @@ fi
 mode=$1 steps=$2
 shift 2
 export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
-opts=(--generator vllm --prompts 32 --samples 8 --new-tokens 8192 --lengths longtail --steps "$steps" --micro-batch 64)
+opts=(--generator vllm --prompts 32 --samples 8 --new-tokens ${NEW_TOKENS:-8192} --lengths longtail --steps "$steps" --micro-batch 64)
 ov=(model.dtype=bfloat16 trainer.dtype=bfloat16 trainer.max_tokens_per_micro_batch=16384
     trainer.activation_checkpointing=true generator.gpu_memory_utilization=0.35)
 if [ "$mode" = sync ]; then  # colocated: the generator sleeps while the trainer trains (its engine in this process)
   python3 benchmarks/grpo_step.py "${opts[@]}" --max-staleness 0 --out "$OUT/longtail_sync.json" "${ov[@]}" "$@" 2>&1 \
-    | grep -v -E "^\(|INFO|it/s\]" | tee "$OUT/longtail_sync.log"
+    | grep --line-buffered -v -E "^\(|INFO|it/s\]" | tee "$OUT/longtail_sync.log"
 else  # both resident, vLLM's engine core in its own process so generation overlaps training
   python3 benchmarks/grpo_step.py "${opts[@]}" --max-staleness 1 --out "$OUT/longtail_async.json" "${ov[@]}" \
-    generator.in_process=false "$@" 2>&1 | grep -v -E "^\(|INFO|it/s\]" | tee "$OUT/longtail_async.log"
+    generator.in_process=false "$@" 2>&1 | grep --line-buffered -v -E "^\(|INFO|it/s\]" | tee "$OUT/longtail_async.log"
 fi
