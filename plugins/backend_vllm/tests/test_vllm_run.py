@@ -35,3 +35,23 @@ def test_embedded_run_with_vllm_learns(tmp_path):
     assert sum(rewards[:10]) / 10 < 0.6 and max(rolling) >= 0.8, rolling
     mismatch = [m["logprob_mismatch"] for m in metrics if "logprob_mismatch" in m]
     assert max(mismatch) < 1.01, mismatch  # the engine samples exactly what the trainer optimises, every step
+
+
+def test_math_with_the_python_tool_runs_end_to_end_on_vllm(tmp_path):
+    """Multi-turn episodes on a real engine: the embedded tiny model (warmed up on tool-using demonstrations)
+    calls the Python tool through vLLM, the sandbox's output comes back as observation tokens, and training and
+    validation run on the episodes."""
+    out = tmp_path / "tools"
+    env = {**os.environ, "RLX_CACHE": os.environ.get("RLX_CACHE") or str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "rlx.cli", "run", "--generator", "vllm", "--env", "math", f"output_dir={out}",
+           "env.tools=[python]", "env.num_workers=1", "model.max_seq_len=128", "grpo.max_new_tokens=24",
+           "grpo.prompts_per_step=8", "grpo.num_generations=4", "grpo.mini_batch_size=32", "steps=2",
+           "validation.period=2", "validation.max_problems=8", "checkpoint.export_hf=false", "logging.progress=false",
+           "logging.tensorboard=false", "generator.cpu_kv_cache_gb=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [m for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+            if "reward/mean" in m]
+    assert len(rows) == 2 and max(m["episode/turns_max"] for m in rows) >= 2
+    assert all(0 < m["episode/observation_token_frac"] < 1 for m in rows)
+    assert "val/accuracy" in rows[-1]
