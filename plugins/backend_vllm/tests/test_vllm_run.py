@@ -62,17 +62,16 @@ def test_one_step_off_run_with_the_engine_in_its_own_process(tmp_path):
     generates the next batch while the trainer trains; weights reach it as versioned pushes through its RPC."""
     out = tmp_path / "async"
     env = {**os.environ, "RLX_CACHE": os.environ.get("RLX_CACHE") or str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "rlx.cli", "run", "--generator", "vllm", f"output_dir={out}", "steps=6",
+    cmd = [sys.executable, "-m", "rlx.cli", "run", "--generator", "vllm", f"output_dir={out}", "steps=4",
            "grpo.max_staleness=1", "generator.in_process=false", "grpo.prompts_per_step=8", "grpo.mini_batch_size=64",
-           "validation.period=3", "validation.max_problems=16", "checkpoint.export_hf=false", "logging.progress=false",
-           "logging.tensorboard=false", "generator.cpu_kv_cache_gb=1"]
+           "validation.period=0", "checkpoint.export_hf=false", "logging.progress=false", "logging.tensorboard=false",
+           "generator.cpu_kv_cache_gb=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "s (rpc)" in " ".join(proc.stderr.split())  # pushes went over RPC: the engine is not in this process
     rows = [m for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
             if "reward/mean" in m]
-    assert [m["async/staleness_max"] for m in rows] == [0.0] + [1.0] * 5
+    assert [m["async/staleness_max"] for m in rows] == [0.0] + [1.0] * 3
     assert all(m["async/dropped_stale_groups"] == 0 for m in rows)
     # step 1 trains on samples of the weights it holds: the engine's log-probs equal the trainer's
     assert rows[0]["logprob_mismatch"] < 1.01, rows[0]["logprob_mismatch"]
-    assert "val/accuracy" in rows[-1]
