@@ -274,3 +274,15 @@ def test_async_resume_trains_every_prompt_once_in_the_straight_order(fakes, mode
     _run(tmp_path / "resumed", model_dir, 5, *args)
     assert first + fakes["trained"] == straight
     assert len({p for step in straight for p in step}) == NUM_PROBLEMS  # 20 draws over 10 problems: 2 epochs
+
+
+def test_a_synchronous_run_resumed_asynchronously_trains_the_same_prompts(fakes, model_dir, tmp_path):
+    args = ("validation.period=0", "grpo.mini_batch_size=8")
+    _run(tmp_path / "straight", model_dir, 5, *args)
+    straight = list(fakes["trained"])
+    LOG.clear()
+    _run(tmp_path / "switched", model_dir, 3, *args)
+    first = list(fakes["trained"])
+    LOG.clear()
+    _run(tmp_path / "switched", model_dir, 5, *args, "grpo.max_staleness=1")
+    assert first + fakes["trained"] == straight

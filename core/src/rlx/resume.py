@@ -2,8 +2,10 @@
 config.yaml) is compared with the new one, key by key, with the current code's defaults filled in on both sides.
 
 Incompatible (they change what a step means, the data, or the shapes of what was saved): the seed, the model, the
-environment and its options, the trainer component, and every `grpo.*` setting. Everything else (steps, logging,
-validation, checkpoint period, cluster layout, generator and trainer options...) may change, and is reported.
+environment and its options, the trainer component, and every `grpo.*` setting but `grpo.max_staleness` (the
+checkpoint holds the cursor of the prompts trained on, so switching between synchronous and asynchronous steps
+loses or repeats nothing). Everything else (steps, logging, validation, checkpoint period, cluster layout,
+generator and trainer options...) may change, and is reported.
 
 A component decides for its own options with `json_schema_extra={"resume": "safe"}` (or `"incompatible"`) on a
 field of its Config, e.g. an environment's worker count is safe to change although its data options are not.
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rlx.resume")
 
 INCOMPATIBLE_PREFIXES = ("seed", "model.", "env.", "trainer.name", "grpo.")
+HARMLESS_KEYS = ("grpo.max_staleness",)
 MODEL_PATH = "model.path"
 COMPONENT_SECTIONS = ("generator", "trainer", "env")
 _MISSING = "(not set)"
@@ -56,6 +59,8 @@ def is_incompatible(key: str, declared: dict[str, str] | None = None) -> bool:
     for prefix, verdict in (declared or {}).items():
         if key == prefix or key.startswith(prefix + "."):
             return verdict == "incompatible"
+    if key in HARMLESS_KEYS:
+        return False
     return any(key == p.rstrip(".") or key.startswith(p) for p in INCOMPATIBLE_PREFIXES)
 
 
