@@ -21,6 +21,7 @@ import torch
 
 from rlx.errors import ConfigError
 from rlx.interfaces import Trainer
+from rlx.outputs import fsync_dir
 
 log = logging.getLogger("rlx.checkpoint")
 
@@ -130,11 +131,11 @@ class CheckpointManager:
         (tmp / RUN_STATE).write_text(json.dumps(state))
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / COMPLETE_MARKER).write_text("ok\n")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. at the end of a resumed run)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._prune()
         return final
 
@@ -155,14 +156,3 @@ class CheckpointManager:
         for c in found:
             if c.path not in keep:
                 shutil.rmtree(c.path, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

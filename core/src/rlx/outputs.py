@@ -113,7 +113,7 @@ def swap_in(new: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
         aside = dest.parent / f".{dest.name}{_ASIDE}-{uuid.uuid4().hex[:8]}"
         os.replace(dest, aside)
     os.replace(new, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     if aside is not None:
         _remove(aside)
 
@@ -127,7 +127,7 @@ def replace_folder(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     check_replaceable(dest, kind=kind, what=what, overwrite=overwrite)
     recover(dest)
     mark(src, kind)
-    _fsync_dir(Path(src))
+    fsync_dir(Path(src))
     swap_in(src, dest)
 
 
@@ -152,7 +152,7 @@ def writing_folder(dest: str | os.PathLike[str], *, kind: str, what: str, overwr
         if not staging.is_dir():
             raise RuntimeError(f"nothing was written to {staging}")
         mark(staging, kind)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         swap_in(staging, dest)
     finally:
         _remove(staging)
@@ -170,7 +170,8 @@ def link_folder(target_name: str, dest: str | os.PathLike[str], *, kind: str, wh
     swap_in(staging, dest)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where folders cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
