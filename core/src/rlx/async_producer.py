@@ -56,7 +56,7 @@ class AsyncRolloutProducer:
         self.step_seed = step_seed
         self.timeout_s = timeout_s
         self._cond = threading.Condition()
-        self._ready: deque[StepRollouts] = deque()
+        self._ready: deque[tuple[int, StepRollouts]] = deque()  # (batch index, its rollouts)
         self._thread: threading.Thread | None = None
         self._version = 0  # the policy version the generator serves
         self._next_batch = 0
@@ -89,24 +89,17 @@ class AsyncRolloutProducer:
         Adds async/* metrics: staleness (mean, max, share per value), dropped stale groups, batches ready ahead,
         and time/wait_rollouts (how long the trainer waited)."""
         t0 = time.perf_counter()
-        deadline = time.monotonic() + self.timeout_s
         with self._cond:
-            while not self._ready:
-                self._raise_if_failed()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RolloutProducerError(
-                        f"the rollout producer delivered no rollouts for step {step} within cluster.timeout_s="
-                        f"{self.timeout_s:g}s; it has been {self._activity} for {time.monotonic() - self._since:.0f}s. "
-                        "Raise cluster.timeout_s if generation is that slow, or look at the generator's logs"
-                    )
-                self._cond.wait(min(remaining, 1.0))
-            rollouts = self._ready.popleft()
+            self._wait_until(lambda: bool(self._ready), lambda busy: (
+                f"the rollout producer delivered no rollouts for step {step} within cluster.timeout_s="
+                f"{self.timeout_s:g}s; it has been {busy}. Raise cluster.timeout_s if generation is that slow, or "
+                "look at the generator's logs"
+            ))
+            batch, rollouts = self._ready.popleft()
             ahead = len(self._ready)
             self._cond.notify_all()
-        batch = rollouts.metrics.pop("async/batch")
         if batch != step:
-            raise RolloutProducerError(f"the rollout producer delivered batch {batch:g} for step {step}: batches are "
+            raise RolloutProducerError(f"the rollout producer delivered batch {batch} for step {step}: batches are "
                                        "trained in the order they are drawn (a bug in rlx)")
         kept = self._drop_stale(rollouts, step)
         kept.metrics["async/ready_batches"] = float(ahead)
@@ -185,9 +178,8 @@ class AsyncRolloutProducer:
                         self._busy = False
                         self._cond.notify_all()
                 rollouts.policy_version = version
-                rollouts.metrics["async/batch"] = batch
                 with self._cond:
-                    self._ready.append(rollouts)
+                    self._ready.append((batch, rollouts))
                     self._next_batch += 1
                     self._cond.notify_all()
         except BaseException as exc:  # reported to the trainer thread by take/push/idle
@@ -210,17 +202,21 @@ class AsyncRolloutProducer:
 
     def _wait_free(self, who: str, free: Callable[[], bool]) -> None:
         """Wait (holding the condition) until `free()`: the generator is not in use (and has done what `who` needs)."""
+        self._wait_until(free, lambda busy: f"{who} waited cluster.timeout_s={self.timeout_s:g}s for the generator, "
+                                            f"which has been {busy}")
+        self._raise_if_failed()  # a free generator after a failure is not one to use
+
+    def _wait_until(self, ready: Callable[[], bool], timed_out: Callable[[str], str]) -> None:
+        """Wait (holding the condition) until `ready()`, at most timeout_s; a producer failure while waiting raises.
+        `timed_out` gets what the producer has been doing ("generating batch 3 ... for 12s") and makes the message."""
         deadline = time.monotonic() + self.timeout_s
-        while not free():
+        while not ready():
             self._raise_if_failed()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RolloutProducerError(
-                    f"{who} waited cluster.timeout_s={self.timeout_s:g}s for the generator, which has been "
-                    f"{self._activity} for {time.monotonic() - self._since:.0f}s"
-                )
+                busy = f"{self._activity} for {time.monotonic() - self._since:.0f}s"
+                raise RolloutProducerError(timed_out(busy))
             self._cond.wait(min(remaining, 1.0))
-        self._raise_if_failed()
 
     def _drop_stale(self, rollouts: StepRollouts, step: int) -> StepRollouts:
         """Drop the groups with a sample older than the bound; metrics describe every drawn sample's staleness."""

@@ -24,7 +24,7 @@ from rich.markup import escape
 from rlx.checkpoint import COMPLETE_MARKER, CheckpointInfo, CheckpointManager
 from rlx.config import RunConfig
 from rlx.errors import ConfigError
-from rlx.generation import push_weights
+from rlx.generation import push_weights_within
 from rlx.interfaces import Generator, Trainer
 from rlx.metrics import MetricsLogger, RolloutLog, truncate_steps
 from rlx.outputs import check_replaceable, link_folder, mark, writing_folder, written_by_rlx
@@ -166,7 +166,7 @@ class RunDir:
                     (self.path / name).rename(self.path / f"{stem}.before-{stamp}.{suffix}")
             return None
         state = self.checkpoints.load(latest, trainer)
-        push_weights(generator, trainer.named_weights(), state["step"])  # the weights of version `step`
+        push_weights_within(generator, trainer.named_weights(), state["step"], timeout_s=self.config.cluster.timeout_s)
         for name in (METRICS, ROLLOUTS):
             truncate_steps(self.path / name, state["step"])
         console.print(f"resumed from {latest.path} (step {state['step']})")
