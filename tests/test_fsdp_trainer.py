@@ -91,6 +91,7 @@ PACKINGS = {
     "all-in-one": {"max_tokens_per_micro_batch": 1000, "micro_batch_size": None},
     "row-cap": {"max_tokens_per_micro_batch": 1000, "micro_batch_size": 3},
     "sdpa-mask": {"max_tokens_per_micro_batch": 40, "attention": "sdpa"},
+    "sdpa-per-sequence": {"max_tokens_per_micro_batch": 40, "attention": "varlen_sdpa"},
 }
 
 
@@ -334,3 +335,4 @@ def test_activation_checkpointing_gives_the_same_update(tiny_path: str) -> None:
         finally:
             trainer.close()
     assert_same_weights(weights[0], weights[1])
+

@@ -6,6 +6,7 @@ Attention for packed micro-batches (`FSDPTrainerConfig.attention`):
   boundaries (`cu_seq_lens_q`, as flash-attn's varlen kwargs) and calls torch's own FlashAttention-2 varlen kernel
   (`torch.nn.attention.varlen.varlen_attn`, CUDA, bf16/fp16): attention costs sum(L_i^2), no mask is built.
   Elsewhere (CPU, fp32) it runs causal SDPA once per sequence: exact, and fine for tiny CPU models.
+- `varlen_sdpa`: the same function, always SDPA once per sequence (bounds as host ints: no sync per layer).
 - `sdpa` / `flex_attention`: transformers' own packed-sequence support (it finds the boundaries from the restarted
   position ids): SDPA with a (N, N) block-diagonal mask (attention cost N^2), or flex attention with a document
   block mask (compiled by transformers). Kept to compare against; see docs/benchmarks.md.
@@ -23,6 +24,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 VARLEN_ATTENTION = "rlx_varlen"
+#: the same as "rlx_varlen", but always SDPA once per sequence (cuDNN/flash kernels per sequence on GPU)
+VARLEN_SDPA_ATTENTION = "rlx_varlen_sdpa"
+#: attention kwarg: the packed sequences' starts as host ints (n + 1,), so per-sequence attention needs no host sync
+SEQUENCE_BOUNDS = "rlx_sequence_bounds"
 
 
 class _LMHeadLogprobs(torch.autograd.Function):
@@ -161,13 +166,16 @@ def varlen_attention(
     sliding_window: int | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     max_length_q: int | None = None,
+    rlx_sequence_bounds: tuple[int, ...] | None = None,
+    per_sequence: bool = False,
     **_: Any,
 ) -> tuple[torch.Tensor, None]:
     """A transformers attention function for packed sequences (registered as "rlx_varlen").
 
     query: (1, Hq, N, D); key, value: (1, Hkv, N, D); cu_seq_lens_q: (n + 1,) int32 sequence starts in the N
     packed tokens, max_length_q the longest -> (1, N, Hq, D), causal within each sequence only.
-    Without boundaries (an unpacked batch) it is transformers' SDPA attention.
+    Without boundaries (an unpacked batch) it is transformers' SDPA attention. per_sequence (the
+    "rlx_varlen_sdpa" registration): SDPA once per sequence even where the FlashAttention varlen kernel exists.
     """
     if sliding_window is not None or dropout:
         raise NotImplementedError("varlen attention supports neither sliding-window attention nor dropout")
@@ -177,11 +185,11 @@ def varlen_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, is_causal=True)
     if query.shape[0] != 1:
         raise ValueError(f"packed sequences come as one row, got a batch of {query.shape[0]}")
-    if uses_flash_varlen(query.device, query.dtype):
+    if not per_sequence and uses_flash_varlen(query.device, query.dtype):
         out = _flash_varlen(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
                             cu_seq_lens_q, int(max_length_q or query.shape[2]), scaling)  # fmt: skip
         return out.unsqueeze(0), None
-    bounds = cu_seq_lens_q.tolist()
+    bounds = list(rlx_sequence_bounds) if rlx_sequence_bounds is not None else cu_seq_lens_q.tolist()
     parts = [
         F.scaled_dot_product_attention(
             query[:, :, start:stop], key[:, :, start:stop], value[:, :, start:stop],
@@ -227,6 +235,7 @@ def register_varlen_attention() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
+    AttentionInterface.register(VARLEN_SDPA_ATTENTION, functools.partial(varlen_attention, per_sequence=True))
 
 
 # ------------------------------------------------------------------------------------------ decoder layers
