@@ -169,7 +169,7 @@ class FSDPTrainer:
             if trainable and self.config.activation_checkpointing:
                 layer.forward = checkpointed(layer.forward)
             shard(layer)
-        root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens)
+        root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens, compile_head=self.config.compile)
         shard(root)
         if trainable:
             # Sum (not average) gradients over ranks: loss_weights already hold the global normalisation.
