@@ -285,10 +285,13 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def step_table(title: str, rows: list[dict[str, float]], median: dict[str, float], warmup: int) -> Table:
-    keys = [k for k in PHASES if any(k in m for m in rows)] + ["wall/step", "completion_tokens_per_s"]
+def step_table(title: str, rows: list[dict[str, float]], median: dict[str, float], warmup: int,
+               phases: Sequence[str] = PHASES, wall: str = "wall/step") -> Table:
+    """One row per step (or TRL round: `wall` names its time), then the median row; phases no step reports are
+    left out."""
+    keys = [k for k in phases if any(k in m for m in rows)] + [wall, "completion_tokens_per_s"]
     table = Table(title=title)
-    for name in ["step", *(k.split("/")[-1] for k in keys), "len med/max"]:
+    for name in [wall.split("/")[-1], *(k.split("/")[-1] for k in keys), "len med/max"]:
         table.add_column(name, justify="right")
 
     def cells(m: dict[str, float]) -> list[str]:
