@@ -349,8 +349,8 @@ def variant_row(ctx: Context, trainer: FSDPTrainer, workload: Workload, label: s
 
 def build_trainer(ctx: Context, max_seq_len: int, **options: Any) -> FSDPTrainer:
     # one CPU thread: this is a smoke test on shared machines, where more threads than free cores crawl
-    config = FSDPTrainerConfig(lr=1e-6, device=ctx.args.device, logits_chunk_tokens=ctx.args.logits_chunk_tokens,
-                               cpu_threads=1, **options)  # fmt: skip
+    options = {"logits_chunk_tokens": ctx.args.logits_chunk_tokens, **options}  # a --variant may override it
+    config = FSDPTrainerConfig(lr=1e-6, device=ctx.args.device, cpu_threads=1, **options)
     started = time.perf_counter()
     trainer = FSDPTrainer(config, model=ModelSpec(ctx.model_dir, max_seq_len=max_seq_len), seed=0)
     print(f"trainer built in {time.perf_counter() - started:.1f} s: {options}", flush=True)
@@ -403,7 +403,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16384, help="train token budget (0: padded rows)")
     parser.add_argument("--logprob-max-tokens", type=int, default=65536)
     parser.add_argument("--micro-batch", type=int, default=None, help="rows per micro-batch (padded mode) / cap")
-    parser.add_argument("--attention", default="varlen", choices=["varlen", "sdpa", "flex_attention"])
+    parser.add_argument("--attention", default="varlen", choices=["varlen", "varlen_sdpa", "sdpa", "flex_attention"])
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--no-reshard-after-forward", action="store_true", help="keep weights gathered per call")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")

@@ -91,6 +91,7 @@ PACKINGS = {
     "all-in-one": {"max_tokens_per_micro_batch": 1000, "micro_batch_size": None},
     "row-cap": {"max_tokens_per_micro_batch": 1000, "micro_batch_size": 3},
     "sdpa-mask": {"max_tokens_per_micro_batch": 40, "attention": "sdpa"},
+    "sdpa-per-sequence": {"max_tokens_per_micro_batch": 40, "attention": "varlen_sdpa"},
 }
 
 
@@ -98,8 +99,9 @@ PACKINGS = {
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_chunked_lm_head_gradients_and_entropy(temperature: float, with_bias: bool) -> None:
     """The hand-written backward of the LM-head chunk against finite differences (float64)."""
-    from rlx.builtin.fsdp_model import _LMHeadLogprobs
+    from rlx.builtin.fsdp_model import HeadMath, _LMHeadLogprobs
 
+    eager = HeadMath(compiled=False)
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(7, 8, dtype=torch.float64, generator=gen, requires_grad=True)
     weight = torch.randn(20, 8, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -107,14 +109,33 @@ def test_chunked_lm_head_gradients_and_entropy(temperature: float, with_bias: bo
     targets = torch.randint(0, 20, (7,), generator=gen)
 
     def logprobs(h: torch.Tensor, w: torch.Tensor, *b: torch.Tensor) -> torch.Tensor:
-        return _LMHeadLogprobs.apply(h, w, b[0] if b else None, targets, 1.0 / temperature, False)[0]
+        return _LMHeadLogprobs.apply(h, w, b[0] if b else None, targets, 1.0 / temperature, False, eager)[0]
 
     inputs = (hidden, weight) + ((bias,) if bias is not None else ())
     assert torch.autograd.gradcheck(logprobs, inputs)
-    logp, entropy = _LMHeadLogprobs.apply(hidden, weight, bias, targets, 1.0 / temperature, True)
+    logp, entropy = _LMHeadLogprobs.apply(hidden, weight, bias, targets, 1.0 / temperature, True, eager)
     log_softmax = torch.log_softmax(F.linear(hidden, weight, bias) / temperature, dim=-1)
     torch.testing.assert_close(logp, log_softmax.gather(-1, targets[:, None])[:, 0])
     torch.testing.assert_close(entropy, -(log_softmax.exp() * log_softmax).sum(-1))
+
+
+@pytest.mark.slow
+def test_compiled_lm_head_math_equals_eager() -> None:
+    """trainer.compile also compiles the LM head's softmax math: same log-probs, entropy and gradients (fp32, CPU
+    inductor; bf16 on GPU is in docs/benchmarks.md)."""
+    from rlx.builtin.fsdp_model import HeadMath, _LMHeadLogprobs
+
+    gen = torch.Generator().manual_seed(1)
+    results = []
+    for math in (HeadMath(compiled=False), HeadMath(compiled=True)):
+        hidden = torch.randn(9, 16, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        weight = torch.randn(50, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        targets = torch.randint(0, 50, (9,), generator=gen.manual_seed(4))
+        logp, entropy = _LMHeadLogprobs.apply(hidden, weight, None, targets, 1 / 0.7, True, math)
+        (logp * torch.linspace(-1, 1, 9)).sum().backward()
+        results.append((logp.detach(), entropy, hidden.grad, weight.grad))
+    for eager_value, compiled_value in zip(*results, strict=True):
+        torch.testing.assert_close(compiled_value, eager_value, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("packing", ["rows", *PACKINGS])
@@ -334,3 +355,4 @@ def test_activation_checkpointing_gives_the_same_update(tiny_path: str) -> None:
         finally:
             trainer.close()
     assert_same_weights(weights[0], weights[1])
+

@@ -62,10 +62,10 @@ class FSDPTrainerConfig(BaseModel):
         description="token budget of a logprobs micro-batch (no activations are kept, so it can be larger). "
         "None: 4 x max_tokens_per_micro_batch",
     )
-    attention: Literal["varlen", "sdpa", "flex_attention"] = Field(
+    attention: Literal["varlen", "varlen_sdpa", "sdpa", "flex_attention"] = Field(
         "varlen",
         description="attention over packed sequences: varlen (torch's FlashAttention varlen kernel on GPU, SDPA per "
-        "sequence on CPU), sdpa (a block-diagonal mask: N^2 work) or flex_attention (a document mask, compiled)",
+        "sequence on CPU), varlen_sdpa (SDPA once per sequence everywhere), sdpa (a block-diagonal mask: N^2 work) or flex_attention (a document mask, compiled)",
     )
     compile: bool = Field(False, description="torch.compile each decoder layer (dynamic shapes)")
     device: str = Field("auto", description="auto | cpu | cuda")

@@ -6,6 +6,7 @@ Attention for packed micro-batches (`FSDPTrainerConfig.attention`):
   boundaries (`cu_seq_lens_q`, as flash-attn's varlen kwargs) and calls torch's own FlashAttention-2 varlen kernel
   (`torch.nn.attention.varlen.varlen_attn`, CUDA, bf16/fp16): attention costs sum(L_i^2), no mask is built.
   Elsewhere (CPU, fp32) it runs causal SDPA once per sequence: exact, and fine for tiny CPU models.
+- `varlen_sdpa`: the same function, always SDPA once per sequence (bounds as host ints: no sync per layer).
 - `sdpa` / `flex_attention`: transformers' own packed-sequence support (it finds the boundaries from the restarted
   position ids): SDPA with a (N, N) block-diagonal mask (attention cost N^2), or flex attention with a document
   block mask (compiled by transformers). Kept to compare against; see docs/benchmarks.md.
@@ -23,6 +24,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 VARLEN_ATTENTION = "rlx_varlen"
+#: the same as "rlx_varlen", but always SDPA once per sequence (cuDNN/flash kernels per sequence on GPU)
+VARLEN_SDPA_ATTENTION = "rlx_varlen_sdpa"
+#: attention kwarg: the packed sequences' starts as host ints (n + 1,), so per-sequence attention needs no host sync
+SEQUENCE_BOUNDS = "rlx_sequence_bounds"
 
 
 class _LMHeadLogprobs(torch.autograd.Function):
@@ -30,7 +35,8 @@ class _LMHeadLogprobs(torch.autograd.Function):
 
     Saves only the chunk's hidden states and log-partition (never the (n, V) logits): backward recomputes
     the logits once and forms d logp / d logits = onehot(target) - softmax directly. Also returns the
-    entropy of each next-token distribution (a metric: no gradient).
+    entropy of each next-token distribution (a metric: no gradient). The softmax math around the two matmuls
+    is `HeadMath`'s (fused by torch.compile when the trainer compiles).
     hidden: (n, H), weight: (V, H), bias: (V,) or None, targets: (n,) int64
     -> log p(target) (n,) float32, entropy (n,) float32 (empty when not asked for).
     """
@@ -44,41 +50,65 @@ class _LMHeadLogprobs(torch.autograd.Function):
         targets: torch.Tensor,
         inv_temperature: float,
         with_entropy: bool,
+        math: HeadMath,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = _scaled_logits(hidden, weight, bias, inv_temperature)  # (n, V) float32
-        log_z = torch.logsumexp(logits, dim=-1)  # (n,)
-        target_logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - log_z
-        entropy = logits.new_empty(0)
-        if with_entropy:  # H = log Z - sum_v p_v * logit_v
-            probs = torch.exp(logits - log_z[:, None])
-            entropy = log_z - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
+        logits = F.linear(hidden, weight, bias)  # (n, V) in the compute dtype
+        target_logprobs, log_z, entropy = math.forward(logits, targets, inv_temperature, with_entropy)
+        del logits
         ctx.save_for_backward(hidden, weight, bias, targets, log_z)
         ctx.inv_temperature = inv_temperature
+        ctx.math = math
         ctx.mark_non_differentiable(entropy)
         return target_logprobs, entropy
 
     @staticmethod
     def backward(ctx: Any, grad_logprobs: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         hidden, weight, bias, targets, log_z = ctx.saved_tensors
-        # d logp_target / d logit_v = onehot_v - p_v, times inv_temperature for logits / T
-        probs = _scaled_logits(hidden, weight, bias, ctx.inv_temperature).sub_(log_z[:, None]).exp_()
-        scale = grad_logprobs.to(probs.dtype) * ctx.inv_temperature  # (n,)
-        grad_logits = probs.mul_(-scale[:, None])
-        grad_logits.scatter_add_(1, targets[:, None], scale[:, None])
-        grad_logits = grad_logits.to(hidden.dtype)  # (n, V)
+        logits = F.linear(hidden, weight, bias)
+        grad_logits = ctx.math.grad_logits(logits, log_z, targets, grad_logprobs, ctx.inv_temperature)  # (n, V)
+        del logits
         grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
         grad_weight = grad_logits.t() @ hidden if ctx.needs_input_grad[1] else None
         grad_bias = grad_logits.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
-def _scaled_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inv_temperature: float
+def _head_forward(
+    logits: torch.Tensor, targets: torch.Tensor, inv_temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, V) logits, (n,) targets -> log p(target) (n,), log Z (n,), entropy (n,) or empty; fp32 on logits / T."""
+    scaled = _upcast(logits) * inv_temperature
+    log_z = torch.logsumexp(scaled, dim=-1)
+    target_logprobs = scaled.gather(-1, targets[:, None]).squeeze(-1) - log_z
+    if not with_entropy:
+        return target_logprobs, log_z, scaled.new_empty(0)
+    # H = log Z - sum_v p_v * logit_v
+    entropy = log_z - (torch.exp(scaled - log_z[:, None]) * scaled).sum(-1)
+    return target_logprobs, log_z, entropy
+
+
+def _head_grad_logits(
+    logits: torch.Tensor, log_z: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor, inv_temperature: float
 ) -> torch.Tensor:
-    """(n, H) -> (n, V) float32 logits / temperature (matmul in the compute dtype, softmax math in fp32)."""
-    logits = F.linear(hidden, weight, bias)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits if inv_temperature == 1.0 else logits.mul_(inv_temperature)
+    """d loss / d logits (n, V) in the logits' dtype: grad * (onehot(target) - softmax(logits / T)) / T."""
+    probs = torch.exp(_upcast(logits) * inv_temperature - log_z[:, None])
+    vocab = torch.arange(logits.shape[-1], device=logits.device)
+    onehot = (vocab[None, :] == targets[:, None]).to(probs.dtype)
+    return ((onehot - probs) * (grad.to(probs.dtype) * inv_temperature)[:, None]).to(logits.dtype)
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> fp32 for the softmax math (fp64 stays fp64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+class HeadMath:
+    """The elementwise/reduction math of the chunked LM head, eager or compiled (one fused kernel each instead
+    of several passes over (n, V) fp32 temporaries)."""
+
+    def __init__(self, compiled: bool = False) -> None:
+        self.forward = torch.compile(_head_forward, dynamic=True) if compiled else _head_forward
+        self.grad_logits = torch.compile(_head_grad_logits, dynamic=True) if compiled else _head_grad_logits
 
 
 class PolicyLogprobs(nn.Module):
@@ -90,10 +120,11 @@ class PolicyLogprobs(nn.Module):
     recomputed in backward, so at most one chunk of (tokens, vocab) logits is alive.
     """
 
-    def __init__(self, hf_model: nn.Module, chunk_tokens: int) -> None:
+    def __init__(self, hf_model: nn.Module, chunk_tokens: int, *, compile_head: bool = False) -> None:
         super().__init__()
         self.hf = hf_model
         self.chunk_tokens = chunk_tokens
+        self.head_math = HeadMath(compiled=compile_head)
 
     def forward(
         self,
@@ -125,7 +156,7 @@ class PolicyLogprobs(nn.Module):
         for start in range(0, max(int(score_index.shape[0]), 1), self.chunk_tokens):
             stop = start + self.chunk_tokens
             args = (scored_hidden[start:stop], head.weight, head.bias, targets[start:stop], 1.0 / temperature)
-            lp, ent = _LMHeadLogprobs.apply(*args, with_entropy)
+            lp, ent = _LMHeadLogprobs.apply(*args, with_entropy, self.head_math)
             logprob_chunks.append(lp)
             entropy_chunks.append(ent)
         return torch.cat(logprob_chunks), torch.cat(entropy_chunks)
@@ -134,8 +165,7 @@ class PolicyLogprobs(nn.Module):
 # ------------------------------------------------------------------------------------------ varlen attention
 
 
-@functools.cache
-def _torch_varlen() -> tuple[Any, frozenset[str]] | None:
+def _find_torch_varlen() -> tuple[Any, frozenset[str]] | None:
     """torch's FlashAttention varlen entry point and its keyword names (they changed between releases)."""
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -144,9 +174,13 @@ def _torch_varlen() -> tuple[Any, frozenset[str]] | None:
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
+# Looked up once at import: a cached function called inside a torch.compile'd layer makes dynamo warn and trace it.
+_TORCH_VARLEN = _find_torch_varlen()
+
+
 def uses_flash_varlen(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether `varlen` attention runs torch's FlashAttention kernel here (else: SDPA per sequence)."""
-    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and _torch_varlen() is not None
+    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and _TORCH_VARLEN is not None
 
 
 def varlen_attention(
@@ -161,13 +195,16 @@ def varlen_attention(
     sliding_window: int | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     max_length_q: int | None = None,
+    rlx_sequence_bounds: tuple[int, ...] | None = None,
+    per_sequence: bool = False,
     **_: Any,
 ) -> tuple[torch.Tensor, None]:
     """A transformers attention function for packed sequences (registered as "rlx_varlen").
 
     query: (1, Hq, N, D); key, value: (1, Hkv, N, D); cu_seq_lens_q: (n + 1,) int32 sequence starts in the N
     packed tokens, max_length_q the longest -> (1, N, Hq, D), causal within each sequence only.
-    Without boundaries (an unpacked batch) it is transformers' SDPA attention.
+    Without boundaries (an unpacked batch) it is transformers' SDPA attention. per_sequence (the
+    "rlx_varlen_sdpa" registration): SDPA once per sequence even where the FlashAttention varlen kernel exists.
     """
     if sliding_window is not None or dropout:
         raise NotImplementedError("varlen attention supports neither sliding-window attention nor dropout")
@@ -177,11 +214,11 @@ def varlen_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, is_causal=True)
     if query.shape[0] != 1:
         raise ValueError(f"packed sequences come as one row, got a batch of {query.shape[0]}")
-    if uses_flash_varlen(query.device, query.dtype):
+    if not per_sequence and uses_flash_varlen(query.device, query.dtype):
         out = _flash_varlen(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
                             cu_seq_lens_q, int(max_length_q or query.shape[2]), scaling)  # fmt: skip
         return out.unsqueeze(0), None
-    bounds = cu_seq_lens_q.tolist()
+    bounds = list(rlx_sequence_bounds) if rlx_sequence_bounds is not None else cu_seq_lens_q.tolist()
     parts = [
         F.scaled_dot_product_attention(
             query[:, :, start:stop], key[:, :, start:stop], value[:, :, start:stop],
@@ -196,7 +233,7 @@ def _flash_varlen(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, scale: float | None
 ) -> torch.Tensor:
     """(N, Hq, D), (N, Hkv, D) x2 -> (N, Hq, D) causal FlashAttention over the sequences of `cu_seqlens`."""
-    varlen_attn, names = _torch_varlen()  # type: ignore[misc]
+    varlen_attn, names = _TORCH_VARLEN  # type: ignore[misc]
     options: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in names else {"is_causal": True}
     if "scale" in names:
         options["scale"] = scale
@@ -227,6 +264,7 @@ def register_varlen_attention() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
+    AttentionInterface.register(VARLEN_SDPA_ATTENTION, functools.partial(varlen_attention, per_sequence=True))
 
 
 # ------------------------------------------------------------------------------------------ decoder layers

@@ -32,6 +32,7 @@ from rlx.builtin.configs import FSDPTrainerConfig
 from rlx.builtin.fsdp_batches import MicroBatch, map_fields, packed_micro_batch, padded_micro_batch
 from rlx.builtin.fsdp_model import (
     VARLEN_ATTENTION,
+    VARLEN_SDPA_ATTENTION,
     PolicyLogprobs,
     checkpointed,
     decoder_layers,
@@ -46,6 +47,8 @@ from rlx.threads import cpu_threads
 TRAINER_STATE_FILE = "trainer_state.pt"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_MICRO_BATCH_ROWS = 8
+#: trainer.attention values that run rlx's own attention function (with the sequence bounds), by registered name
+VARLEN_NAMES = {"varlen": VARLEN_ATTENTION, "varlen_sdpa": VARLEN_SDPA_ATTENTION}
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -104,7 +107,7 @@ class FSDPTrainer:
         torch.manual_seed(seed)
 
         self.packed = budget is not None
-        if self.packed and config.attention == "varlen":
+        if self.packed and config.attention in VARLEN_NAMES:
             register_varlen_attention()
         self.policy = self._build_model(trainable=True)
         self.reference = self._build_model(trainable=False) if with_reference else None
@@ -134,13 +137,13 @@ class FSDPTrainer:
     def _attn_implementation(self) -> str:
         if not self.packed:
             return "sdpa"
-        return VARLEN_ATTENTION if self.config.attention == "varlen" else self.config.attention
+        return VARLEN_NAMES.get(self.config.attention, self.config.attention)
 
     def _build_model(self, *, trainable: bool) -> PolicyLogprobs:
         from transformers import AutoModelForCausalLM
 
-        # Trainable: fp32 master weights, cast to the compute dtype by FSDP. Frozen reference: stored in the
-        # compute dtype directly (it has no optimizer, and halves its memory on GPU).
+        # Trainable: fp32 master weights, cast to the compute dtype by FSDP (bf16 parameters measured no faster on
+        # one H200: docs/benchmarks.md). Frozen reference: stored in the compute dtype directly (no optimizer).
         load_dtype = torch.float32 if trainable else self.compute_dtype
         hf_model = AutoModelForCausalLM.from_pretrained(
             self.model_path,
@@ -166,7 +169,7 @@ class FSDPTrainer:
             if trainable and self.config.activation_checkpointing:
                 layer.forward = checkpointed(layer.forward)
             shard(layer)
-        root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens)
+        root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens, compile_head=self.config.compile)
         shard(root)
         if trainable:
             # Sum (not average) gradients over ranks: loss_weights already hold the global normalisation.
@@ -210,14 +213,15 @@ class FSDPTrainer:
         """The call's micro-batches on the device, built one at a time (the CPU work overlaps the GPU's)."""
         cpu = map_fields(batch, lambda v: v.cpu())
         on_device = map_fields(cpu, lambda v: v.to(self.device, non_blocking=True))  # one copy per field per call
-        varlen = self.config.attention == "varlen"
+        varlen = self.config.attention in VARLEN_NAMES
         plan = self._plan(cpu, token_budget)
         self.last_call = {"micro_batches": len(plan), "real_tokens": 0, "computed_tokens": 0}
         for rows in plan:
             if token_budget is None:
                 micro = padded_micro_batch(cpu, on_device, rows, device=self.device)
             else:
-                micro = packed_micro_batch(cpu, on_device, rows, varlen=varlen, device=self.device)
+                micro = packed_micro_batch(cpu, on_device, rows, varlen=varlen, device=self.device,
+                                           host_bounds=self.config.attention == "varlen_sdpa")  # fmt: skip
             self.last_call["real_tokens"] += micro.tokens
             self.last_call["computed_tokens"] += int(micro.input_ids.numel())
             yield micro
