@@ -39,12 +39,17 @@ def build_tiny(out_dir: Path, hidden_size: int, layers: int) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model (or the tiny model's --hidden-size, --layers) and --dtype: shared with vllm_weight_push.py."""
     parser.add_argument("--model", help="HF model folder (with tokenizer); default: build a tiny Qwen2 here")
     parser.add_argument("--hidden-size", type=int, default=256, help="tiny model only")
     parser.add_argument("--layers", type=int, default=4, help="tiny model only")
     parser.add_argument("--dtype", default="auto")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--n", type=int, default=4)
@@ -114,14 +119,14 @@ def main() -> None:
     for file in sorted(Path(model_path).glob("*.safetensors")):
         state.update(load_file(str(file)))
     updates: dict[str, dict[str, float]] = {}
-    for path_name, direct in (("direct", True), ("rpc", False)):
-        generator.direct = direct
+    for path_name in ("direct", "rpc"):
+        generator.weight_sync = path_name  # type: ignore[assignment]
         seconds = []
         for _ in range(args.reps):
             generator.update_weights(iter(state.items()))
             seconds.append(generator.last_update["weight_update/seconds"])
         updates[path_name] = {**generator.last_update, "weight_update/seconds": statistics.median(seconds)}
-    generator.direct = True
+    generator.weight_sync = "direct"
     generator.close()
 
     # min over reps: the run least disturbed by other processes (the CPU machine is shared)

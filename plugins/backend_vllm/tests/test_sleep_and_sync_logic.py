@@ -17,7 +17,7 @@ import torch
 from rlx.interfaces import GenerationRequest, SamplingParams
 from rlx_vllm.generator import VLLMGenerator, to_completion
 from rlx_vllm.plugin import VLLMConfig
-from rlx_vllm.worker_ext import pack_bucket, unpack_bucket
+from rlx_vllm.transport import WeightSync, open_bucket, pack_bucket, unpack_bucket
 
 
 @dataclass
@@ -93,18 +93,24 @@ class RecordingLLM:
             metadata, payload = args
             flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
             self.calls.append((method, tuple(name for name, _ in unpack_bucket(metadata, flat))))
+        elif method == "rlx_load_bucket_ipc":
+            metadata, handle = args
+            flat = open_bucket(handle, torch.device("cpu"))
+            self.calls.append((method, tuple(name for name, _ in unpack_bucket(metadata, flat))))
         else:
             self.calls.append((method,))
         return [None]
 
 
-def _generator(direct: bool, sleep_enabled: bool = True, bucket_mb: int = 1) -> tuple[VLLMGenerator, RecordingLLM]:
+def _generator(
+    weight_sync: WeightSync = "direct", sleep_enabled: bool = True, bucket_mb: int = 1
+) -> tuple[VLLMGenerator, RecordingLLM]:
     generator = object.__new__(VLLMGenerator)
     llm = RecordingLLM()
     generator.config = VLLMConfig(weight_bucket_mb=bucket_mb)
     generator.llm = llm  # type: ignore[assignment]
     generator.sleep_enabled = sleep_enabled
-    generator.direct = direct
+    generator.weight_sync = weight_sync
     generator.max_model_len = 64
     generator._init_state()
     generator.sampling_params = lambda params: params  # type: ignore[method-assign] # vllm's own is not needed
@@ -117,7 +123,7 @@ def _weights(count: int = 3, mib: float = 0.75) -> list[tuple[str, torch.Tensor]
 
 
 def test_wake_up_brings_weights_back_before_the_kv_cache() -> None:
-    generator, llm = _generator(direct=True)
+    generator, llm = _generator()
     generator.sleep()
     generator.sleep()  # twice is once
     generator.wake_up()
@@ -126,7 +132,7 @@ def test_wake_up_brings_weights_back_before_the_kv_cache() -> None:
 
 
 def test_update_while_asleep_wakes_only_the_weights() -> None:
-    generator, llm = _generator(direct=True)
+    generator, llm = _generator()
     generator.sleep()
     generator.update_weights(iter(_weights()))
     assert llm.calls[:2] == [("sleep", 1), ("wake_up", ("weights",))]
@@ -137,14 +143,14 @@ def test_update_while_asleep_wakes_only_the_weights() -> None:
 
 
 def test_without_sleep_mode_sleep_does_nothing() -> None:
-    generator, llm = _generator(direct=True, sleep_enabled=False)
+    generator, llm = _generator(sleep_enabled=False)
     generator.sleep()
     generator.wake_up()
     assert llm.calls == []
 
 
 def test_direct_update_streams_once_then_resets_the_prefix_cache() -> None:
-    generator, llm = _generator(direct=True)
+    generator, llm = _generator()
     generator.update_weights(iter(_weights()))
     assert llm.calls == [
         ("rlx_reload_weights", ("layer0.weight", "layer1.weight", "layer2.weight")),
@@ -152,23 +158,26 @@ def test_direct_update_streams_once_then_resets_the_prefix_cache() -> None:
     ]
     assert generator.last_update["weight_update/buckets"] == 3  # 0.75 MiB tensors, 1 MiB buckets
     assert generator.last_update["weight_update/megabytes"] == pytest.approx(2.25, rel=1e-3)
+    assert generator.last_update["weight_update/transport"] == "direct"
 
 
-def test_rpc_update_sends_each_bucket_between_begin_and_finish() -> None:
-    generator, llm = _generator(direct=False, bucket_mb=2)
+@pytest.mark.parametrize(("weight_sync", "method"), [("rpc", "rlx_load_bucket"), ("ipc", "rlx_load_bucket_ipc")])
+def test_bucket_update_sends_each_bucket_between_begin_and_finish(weight_sync: WeightSync, method: str) -> None:
+    generator, llm = _generator(weight_sync, bucket_mb=2)
     generator.update_weights(iter(_weights(count=3, mib=0.75)))
     assert [c[0] for c in llm.calls] == [
         "rlx_begin_reload",
-        "rlx_load_bucket",
-        "rlx_load_bucket",
+        method,
+        method,
         "rlx_finish_reload",
         "reset_prefix_cache",
     ]
     assert llm.calls[1][1] == ("layer0.weight", "layer1.weight") and llm.calls[2][1] == ("layer2.weight",)
+    assert generator.last_update["weight_update/transport"] == weight_sync  # CPU tensors: a shared-memory file
 
 
 def test_generate_refuses_to_run_with_weights_asleep() -> None:
-    generator, _ = _generator(direct=True)
+    generator, _ = _generator()
     generator.sleep()
     with pytest.raises(RuntimeError, match="wake_up"):
         generator._ensure_awake()
@@ -198,7 +207,7 @@ def _submit(generator: VLLMGenerator, *ids: str) -> None:
 
 
 def test_in_flight_update_pauses_recomputes_running_kv_and_labels_the_version() -> None:
-    generator, llm = _generator(direct=True)
+    generator, llm = _generator()
     generator.partial_rollouts = True
     _submit(generator, "a", "b")
     generator.update_weights(iter(_weights(count=1)), version=4)
@@ -214,7 +223,7 @@ def test_in_flight_update_pauses_recomputes_running_kv_and_labels_the_version() 
 
 
 def test_a_vllm_without_version_labels_finishes_in_flight_requests_before_an_update() -> None:
-    generator, llm = _generator(direct=True)
+    generator, llm = _generator()
     generator.update_weights(iter(_weights(count=1)), version=3)
     _submit(generator, "a", "b")
     llm.calls.clear()
@@ -227,7 +236,7 @@ def test_a_vllm_without_version_labels_finishes_in_flight_requests_before_an_upd
 
 
 def test_sleep_refuses_while_requests_are_in_flight() -> None:
-    generator, llm = _generator(direct=True)
+    generator, llm = _generator()
     _submit(generator, "a")
     with pytest.raises(RuntimeError, match="1 request.s. in flight"):
         generator.sleep()

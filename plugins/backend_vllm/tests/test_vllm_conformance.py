@@ -46,20 +46,23 @@ class TestVLLMGenerator(GeneratorConformance):
         assert stats["weight_update/buckets"] >= 2  # > 1 MiB of weights in 1 MiB buckets
         assert stats["weight_update/seconds"] > 0
 
+    @pytest.mark.parametrize("weight_sync", ["rpc", "ipc"])
     def test_bucket_by_bucket_path_follows_weights(
-        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels
+        self, generator: Generator, prompts: list[list[int]], tiny_models: TinyModels, weight_sync: str
     ) -> None:
-        """The path used when workers live in other processes (begin / load_bucket / finish over RPC)."""
+        """The paths used when workers live in other processes (begin / load_bucket / finish over RPC, the bytes or
+        a shared-memory file's handle), taken here by the in-process worker on the same engine."""
         before = generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=10))
-        generator.direct = False  # type: ignore[attr-defined]
+        generator.weight_sync = weight_sync  # type: ignore[attr-defined]
         try:
             self._push(generator, tiny_models.other)
+            assert generator.last_update["weight_update/transport"] == weight_sync  # type: ignore[attr-defined]
             after = generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=10))
             self._assert_greedy_follows(tiny_models.other, prompts, after)
             assert [c[0].token_ids for c in after] != [c[0].token_ids for c in before]
         finally:
             self._push(generator, tiny_models.base)
-            generator.direct = True  # type: ignore[attr-defined]
+            generator.weight_sync = "direct"  # type: ignore[attr-defined]
         assert generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=10)) == before
 
     def test_prefix_cache_does_not_outlive_weights(
@@ -107,7 +110,8 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.slow
 def test_engine_in_worker_processes_follows_weights(tiny_models_dir: str, tmp_path_factory) -> None:
-    """in_process=false: the engine core and worker run in other processes, weights travel bucket by bucket."""
+    """in_process=false: the engine core and worker run in another process; weights travel bucket by bucket, auto
+    picks ipc (CPU tensors: a shared-memory file per bucket, read by the worker)."""
     from rlx.testing.fixtures import session_tiny_models
     from rlx.testing.reference import greedy_margins
     from rlx_vllm.generator import VLLMGenerator
@@ -117,11 +121,12 @@ def test_engine_in_worker_processes_follows_weights(tiny_models_dir: str, tmp_pa
         _config(in_process=False), model=ModelSpec(models.base, dtype="float32", max_seq_len=256), seed=0
     )
     try:
-        assert not generator.direct
+        assert generator.weight_sync == "ipc"
         prompt = [1, 5, 6, 7, 8, 9]
         before = generator.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))
         generator.update_weights(iter_safetensors(models.other))
         assert generator.last_update["weight_update/buckets"] >= 2
+        assert generator.last_update["weight_update/transport"] == "ipc"
         after = generator.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))
         assert after != before
         (margins,) = greedy_margins(models.other, [(prompt, list(after[0][0].token_ids))])

@@ -59,7 +59,8 @@ def test_math_with_the_python_tool_runs_end_to_end_on_vllm(tmp_path):
 
 def test_one_step_off_run_with_the_engine_in_its_own_process(tmp_path):
     """`grpo.max_staleness=1 generator.in_process=false` on CPU: vLLM's engine core runs in its own process and
-    generates the next batch while the trainer trains; weights reach it as versioned pushes through its RPC."""
+    generates the next batch while the trainer trains; weights reach it as versioned pushes, each bucket
+    by a shared-memory handle through its RPC."""
     out = tmp_path / "async"
     env = {**os.environ, "RLX_CACHE": os.environ.get("RLX_CACHE") or str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "rlx.cli", "run", "--generator", "vllm", f"output_dir={out}", "steps=4",
@@ -68,7 +69,7 @@ def test_one_step_off_run_with_the_engine_in_its_own_process(tmp_path):
            "generator.cpu_kv_cache_gb=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "s (rpc)" in " ".join(proc.stderr.split())  # pushes went over RPC: the engine is not in this process
+    assert "s (ipc)" in " ".join(proc.stderr.split())  # pushes went by handle: the engine is not in this process
     rows = [m for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
             if "reward/mean" in m]
     assert [m["async/staleness_max"] for m in rows] == [0.0] + [1.0] * 3

@@ -25,7 +25,7 @@ from rlx.generation import ReleasedMemory, WeightPushGuard, check_request, check
 from rlx.interfaces import Completion, GenerationRequest, GenerationResult, ModelSpec, NamedTensors, SamplingParams
 from rlx.weights import iter_buckets, tensor_bytes
 from rlx_vllm.plugin import VLLMConfig
-from rlx_vllm.worker_ext import pack_bucket
+from rlx_vllm.transport import BucketSender, WeightSync, resolve_weight_sync
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +76,9 @@ class VLLMGenerator:
         )
         if self.sleep_enabled and not current_platform.is_cuda():
             raise ConfigError("generator.enable_sleep_mode needs CUDA (vLLM's sleep mode is a CUDA allocator)")
-        self.direct = self._direct_weight_sync(config)
+        self.weight_sync: WeightSync = resolve_weight_sync(
+            config.weight_sync, in_process=config.in_process, tensor_parallel_size=config.tensor_parallel_size
+        )
         self.max_model_len = config.max_model_len or model.max_seq_len
 
         import vllm
@@ -117,7 +119,7 @@ class VLLMGenerator:
     def _init_state(self) -> None:
         """Bookkeeping that does not touch the engine (tests build it around a stand-in engine)."""
         self.memory = ReleasedMemory(weight_tags=("weights",), kv_cache_tags=("kv_cache",))
-        self.last_update: dict[str, float] = {}
+        self.last_update: dict[str, float | str] = {}
         self.partial_rollouts = False
         self._guard = WeightPushGuard("generator 'vllm'")
         self._lock = threading.RLock()  # one engine call (step, add, weight update, sleep) at a time
@@ -144,16 +146,6 @@ class VLLMGenerator:
     def asleep(self) -> set[str]:
         """The sleep-mode tags not yet woken ("weights", "kv_cache")."""
         return self.memory.released
-
-    def _direct_weight_sync(self, config: VLLMConfig) -> bool:
-        possible = config.in_process and config.tensor_parallel_size == 1
-        if config.weight_sync == "direct" and not possible:
-            raise ConfigError(
-                "generator.weight_sync=direct needs the worker in this process: in_process=true and "
-                f"tensor_parallel_size=1 (got in_process={config.in_process}, "
-                f"tensor_parallel_size={config.tensor_parallel_size}); use weight_sync=rpc or auto"
-            )
-        return possible and config.weight_sync != "rpc"
 
     # ------------------------------------------------------------------------------------------ generate
 
@@ -293,7 +285,8 @@ class VLLMGenerator:
         Requests in flight stay in the engine (vLLM's pause "keep"): their cached KV is dropped and recomputed under
         the new weights, the tokens they already have are kept, and the rest are sampled from the new weights and
         labelled `version` (a partial rollout). A vLLM without weight-version labels finishes them first.
-        Timed and logged; `last_update` holds the figures of the latest call. Asleep, only the weights are woken
+        Timed and logged; `last_update` holds the figures of the latest call and its transport (direct, rpc, ipc:
+        `generator.weight_sync`). Asleep, only the weights are woken
         (the KV cache follows at the next `wake_up` or `generate`), so both never sit beside the trainer.
         """
         with self._lock:
@@ -315,22 +308,27 @@ class VLLMGenerator:
         started = time.perf_counter()
         stats = {"tensors": 0, "bytes": 0, "buckets": 0}
         buckets = _counted(iter_buckets(weights, self.config.weight_bucket_mb * 2**20), stats)
-        if self.direct:
+        if self.weight_sync == "direct":
             # One reload over the whole stream: the in-process worker pulls the buckets lazily.
             self.llm.collective_rpc("rlx_reload_weights", args=((pair for bucket in buckets for pair in bucket),))
+            transport = "direct"
         else:
-            self.llm.collective_rpc("rlx_begin_reload")
-            for bucket in buckets:
-                # Packed as bytes + metadata: what vLLM's message encoding carries to worker processes.
-                metadata, flat = pack_bucket(bucket)
-                self.llm.collective_rpc("rlx_load_bucket", args=(metadata, flat.cpu().numpy().tobytes()))
-            self.llm.collective_rpc("rlx_finish_reload")
+            sender = BucketSender(self.llm.collective_rpc, self.weight_sync, workers=self.config.tensor_parallel_size)
+            try:
+                self.llm.collective_rpc("rlx_begin_reload")
+                for bucket in buckets:
+                    sender.send(bucket)
+                self.llm.collective_rpc("rlx_finish_reload")
+            finally:
+                sender.close()
+            transport = sender.transport
         seconds = time.perf_counter() - started
         self.last_update = {
             "weight_update/seconds": seconds,
             "weight_update/tensors": float(stats["tensors"]),
             "weight_update/megabytes": stats["bytes"] / 2**20,
             "weight_update/buckets": float(stats["buckets"]),
+            "weight_update/transport": transport,
         }
         logger.info(
             "vllm weight update: %d tensors, %.1f MiB in %d bucket(s) of <= %d MiB, %.2f s (%s)",
@@ -339,7 +337,7 @@ class VLLMGenerator:
             stats["buckets"],
             self.config.weight_bucket_mb,
             seconds,
-            "direct" if self.direct else "rpc",
+            transport,
         )
 
     @contextmanager

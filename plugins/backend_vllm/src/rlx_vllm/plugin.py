@@ -32,10 +32,12 @@ class VLLMConfig(BaseModel):
         None, description="free weights + KV cache between rollouts (CUDA only); default: on with CUDA"
     )
     weight_bucket_mb: int = Field(512, gt=0, description="weight updates travel in buckets of at most this size")
-    weight_sync: Literal["auto", "direct", "rpc"] = Field(
+    weight_sync: Literal["auto", "direct", "rpc", "ipc"] = Field(
         "auto",
-        description="direct: hand the tensors to the in-process worker (one engine process, TP=1); "
-        "rpc: send each bucket to every worker with collective_rpc; auto: direct when possible",
+        description="direct: hand the tensors to the in-process worker (in_process=true, TP=1); "
+        "rpc: send each bucket's bytes to every worker with collective_rpc; "
+        "ipc: send only a handle (CUDA IPC, or a shared-memory file for CPU tensors) for workers in other "
+        "processes; auto: direct in process, ipc with one worker in another process, else rpc",
     )
     in_process: bool = Field(
         True, description="run the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): fast start-up"

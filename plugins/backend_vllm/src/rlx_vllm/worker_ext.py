@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+from rlx_vllm.transport import BucketMetadata, NamedTensorList, open_bucket, unpack_bucket
 
-NamedTensorList = list[tuple[str, torch.Tensor]]
+logger = logging.getLogger(__name__)
 
 
 class RlxWorkerExtension:
@@ -51,7 +51,7 @@ class RlxWorkerExtension:
 
         self._with_config(lambda: initialize_layerwise_reload(self.model_runner.get_model()))
 
-    def rlx_load_bucket(self, metadata: list[tuple[str, str, list[int]]], payload: bytes) -> int:
+    def rlx_load_bucket(self, metadata: BucketMetadata, payload: bytes) -> int:
         """Load one packed bucket (between begin and finish); a layer may span several buckets.
 
         The bucket arrives as plain bytes + (name, dtype, shape) metadata: that is what survives vLLM's
@@ -59,6 +59,12 @@ class RlxWorkerExtension:
         """
         flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
         return self._load(unpack_bucket(metadata, flat.to(self.device)))
+
+    def rlx_load_bucket_ipc(self, metadata: BucketMetadata, handle: bytes) -> int:
+        """Load one packed bucket that the trainer shared by handle (`rlx_vllm.transport`: a CUDA IPC handle or a
+        shared-memory file) instead of sending its bytes; the worker copies it into its own memory first."""
+        flat = open_bucket(handle, self.device, rank=int(getattr(self, "rank", 0)))
+        return self._load(unpack_bucket(metadata, flat))
 
     def _load(self, bucket: NamedTensorList) -> int:
         self._with_config(lambda: self.model_runner.get_model().load_weights(bucket))
@@ -109,56 +115,3 @@ class RlxWorkerExtension:
 
         with set_current_vllm_config(self.vllm_config), torch.no_grad():
             return fn()
-
-
-BucketMetadata = list[tuple[str, str, list[int]]]
-
-
-# Each tensor starts at a multiple of this many bytes, so its view keeps its dtype's alignment (up to 16 bytes).
-ALIGN_BYTES = 16
-
-
-def pack_bucket(bucket: Iterable[tuple[str, torch.Tensor]]) -> tuple[BucketMetadata, torch.Tensor]:
-    """(name, tensor) pairs -> (name, dtype, shape) metadata and one flat uint8 tensor (on the tensors' device)."""
-    bucket = list(bucket)
-    parts = []
-    for _, tensor in bucket:
-        data = tensor.detach().contiguous().view(-1).view(torch.uint8)
-        parts.append(data)
-        if data.numel() % ALIGN_BYTES:
-            parts.append(data.new_zeros(ALIGN_BYTES - data.numel() % ALIGN_BYTES))
-    return bucket_metadata(bucket), torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
-
-
-def bucket_metadata(bucket: Iterable[tuple[str, torch.Tensor]]) -> BucketMetadata:
-    """(name, dtype name, shape) per tensor: plain values that any RPC layer can carry."""
-    return [(name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)) for name, tensor in bucket]
-
-
-def _segment(dtype: str, shape: list[int]) -> tuple[int, int]:
-    """(bytes of the tensor, bytes it occupies in a packed bucket, padding included)."""
-    size = torch.Size(shape).numel() * _dtype(dtype).itemsize
-    return size, -(-size // ALIGN_BYTES) * ALIGN_BYTES
-
-
-def packed_size(metadata: BucketMetadata) -> int:
-    return sum(_segment(dtype, shape)[1] for _, dtype, shape in metadata)
-
-
-def unpack_bucket(metadata: BucketMetadata, flat: torch.Tensor) -> NamedTensorList:
-    """Views into `flat` (uint8, packed by `pack_bucket`), one per tensor: no copy."""
-    if flat.numel() != packed_size(metadata):
-        raise ValueError(f"bucket has {flat.numel()} bytes, its metadata describes {packed_size(metadata)}")
-    bucket, offset = [], 0
-    for name, dtype, shape in metadata:
-        size, padded = _segment(dtype, shape)
-        bucket.append((name, flat[offset : offset + size].view(_dtype(dtype)).view(shape)))
-        offset += padded
-    return bucket
-
-
-def _dtype(name: str) -> torch.dtype:
-    value = getattr(torch, name.removeprefix("torch."), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
-    return value
