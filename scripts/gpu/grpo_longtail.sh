@@ -3,6 +3,7 @@
 # Needs the vLLM wheel parts in /root/gw (sent by earlier calls, see README "GPU") and pydantic's wheels in .whl.
 #   bash scripts/gpu/grpo_longtail.sh install        # unpack and install the wheels and the project (once per machine)
 #   NEW_TOKENS=2048 bash scripts/gpu/grpo_longtail.sh sync|async STEPS [extra overrides...]
+#   bash scripts/gpu/grpo_longtail.sh round STEPS [extra overrides...]   # 16 x 8 x 512, synchronous
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -18,6 +19,12 @@ fi
 mode=$1 steps=$2
 shift 2
 export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+if [ "$mode" = round ]; then  # the uniform 16 x 8 x 512 synchronous round of issue 19 (generator sleeps while training)
+  python3 benchmarks/grpo_step.py --generator vllm --steps "$steps" --micro-batch 16 --out "$OUT/round.json" \
+    model.dtype=bfloat16 trainer.dtype=bfloat16 trainer.max_tokens_per_micro_batch=16384 \
+    generator.gpu_memory_utilization=0.3 "$@" 2>&1 | grep --line-buffered -v -E "^\(|INFO|it/s\]" | tee "$OUT/round.log"
+  exit 0
+fi
 opts=(--generator vllm --prompts 32 --samples 8 --new-tokens ${NEW_TOKENS:-8192} --lengths longtail --steps "$steps" --micro-batch 64)
 ov=(model.dtype=bfloat16 trainer.dtype=bfloat16 trainer.max_tokens_per_micro_batch=16384
     trainer.activation_checkpointing=true generator.gpu_memory_utilization=0.35)
