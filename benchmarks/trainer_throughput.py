@@ -368,7 +368,7 @@ def trainer_options(args: argparse.Namespace, scale: float) -> dict[str, Any]:
         "activation_checkpointing": args.activation_checkpointing,
         "reshard_after_forward": not args.no_reshard_after_forward,
         "attention": args.attention,
-        "compile": args.compile,
+        "compile": False if args.no_compile else "auto",
     }
 
 
@@ -406,7 +406,7 @@ def main() -> None:
     parser.add_argument("--attention", default="varlen", choices=["varlen", "varlen_sdpa", "sdpa", "flex_attention"])
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--no-reshard-after-forward", action="store_true", help="keep weights gathered per call")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
+    parser.add_argument("--no-compile", action="store_true", help="trainer.compile=false (default: auto, on on GPU)")
     parser.add_argument("--memory-contexts", type=int, nargs="*", default=[8192, 16384, 24576],
                         help="--table: memory rows, 4 full-length sequences each")  # fmt: skip
     parser.add_argument("--attention-bench", action="store_true", help="time the attention kernels (GPU)")

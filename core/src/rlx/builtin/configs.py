@@ -67,7 +67,11 @@ class FSDPTrainerConfig(BaseModel):
         description="attention over packed sequences: varlen (torch's FlashAttention varlen kernel on GPU, SDPA per "
         "sequence on CPU), varlen_sdpa (SDPA once per sequence everywhere), sdpa (a block-diagonal mask: N^2 work) or flex_attention (a document mask, compiled)",
     )
-    compile: bool = Field(False, description="torch.compile each decoder layer (dynamic shapes)")
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile each decoder layer and the LM head's softmax math (dynamic shapes). auto: on GPU "
+        "(1.37x faster training on one H200, ~25 s of compilation in the first step), off on CPU",
+    )
     device: str = Field("auto", description="auto | cpu | cuda")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     cpu_threads: int = Field(

@@ -107,6 +107,7 @@ class FSDPTrainer:
         torch.manual_seed(seed)
 
         self.packed = budget is not None
+        self.compiled = config.compile is True or (config.compile == "auto" and self.device.type == "cuda")
         if self.packed and config.attention in VARLEN_NAMES:
             register_varlen_attention()
         self.policy = self._build_model(trainable=True)
@@ -164,12 +165,12 @@ class FSDPTrainer:
             reshard_after_forward=self.config.reshard_after_forward,
         )
         for layer in decoder_layers(hf_model):
-            if self.config.compile:
+            if self.compiled:
                 layer.forward = torch.compile(layer.forward, dynamic=True)
             if trainable and self.config.activation_checkpointing:
                 layer.forward = checkpointed(layer.forward)
             shard(layer)
-        root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens, compile_head=self.config.compile)
+        root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens, compile_head=self.compiled)
         shard(root)
         if trainable:
             # Sum (not average) gradients over ranks: loss_weights already hold the global normalisation.
