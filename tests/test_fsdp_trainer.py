@@ -356,3 +356,23 @@ def test_activation_checkpointing_gives_the_same_update(tiny_path: str) -> None:
             trainer.close()
     assert_same_weights(weights[0], weights[1])
 
+
+
+def test_pi_old_from_the_train_forward_gives_the_recomputed_update(tiny_path: str) -> None:
+    """grpo.old_logprobs=from_train_forward: the GRPO loss with old_logprobs None (pi_old = this forward's detached
+    log-probs) makes the same update as pi_old from a log-probs pass (fp32, one optimizer step)."""
+    import dataclasses
+
+    from rlx.grpo.losses import policy_loss
+
+    batch = make_batch(4, seed=8)
+    weights = []
+    for recompute in (True, False):
+        trainer = make_trainer(tiny_path, max_tokens_per_micro_batch=40)
+        try:
+            old = trainer.logprobs(batch) if recompute else None
+            trainer.train_step(dataclasses.replace(batch, old_logprobs=old), policy_loss)
+            weights.append(weights_of(trainer))
+        finally:
+            trainer.close()
+    assert_same_weights(weights[0], weights[1], atol=1e-6)

@@ -264,3 +264,51 @@ def test_step_with_no_informative_group_trains_nothing():
     m = loop.run_step().metrics
     assert trainer.batches == [] and m["dynamic_sampling/kept_groups"] == 0 and m["reward/mean"] == 1.0
     assert not any(k.startswith("train/") for k in m) and loop.step == 1
+
+
+class ForwardTrainer(FakeTrainer):
+    """The FakeTrainer's policy (-0.4 per completion token) as the training forward's own log-probs; counts passes."""
+
+    logprob_calls = 0
+
+    def logprobs(self, batch, *, temperature=1.0, reference=False):
+        self.logprob_calls += 1
+        return super().logprobs(batch, temperature=temperature, reference=reference)
+
+    def train_step(self, batch, loss_fn, *, temperature=1.0):
+        self.batches.append(batch)
+        new = super().logprobs(batch).requires_grad_()
+        loss, metrics = loss_fn(new, batch)
+        loss.backward()
+        return {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+
+
+def test_old_logprobs_from_the_train_forward_skip_the_pass_and_give_the_same_step():
+    results = {}
+    for mode in ("recompute", "from_train_forward"):
+        grpo = _grpo(mini_batch_size=16, old_logprobs=mode)
+        trainer = ForwardTrainer()
+        loop = GRPOLoop(FakeGenerator(), trainer, FakeEnv(), FakeEncoder(), grpo, ValidationConfig(), 0, PROBLEMS)
+        results[mode] = (loop.run_step().metrics, trainer)
+    (recomputed, t_re), (forward, t_fw) = results["recompute"], results["from_train_forward"]
+    assert t_re.logprob_calls == 1 and t_fw.logprob_calls == 0
+    assert [b.old_logprobs is None for b in t_fw.batches] == [True]
+    # pi_old = this forward's log-probs = what the pass computed: same loss, ratios 1, same mismatch (exp 0.1)
+    assert forward["train/loss"] == pytest.approx(recomputed["train/loss"], abs=1e-7)
+    assert forward["train/ratio_mean"] == pytest.approx(recomputed["train/ratio_mean"]) == pytest.approx(1.0)
+    assert forward["logprob_mismatch"] == pytest.approx(recomputed["logprob_mismatch"], rel=1e-6)
+    assert recomputed["logprob_mismatch"] == pytest.approx(float(torch.exp(torch.tensor(0.1))), rel=1e-5)
+    assert not any("gen_mismatch" in key for key in forward)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"mini_batch_size": 8}, "one optimizer step per GRPO step"),
+        ({"mini_batch_size": 16, "epochs_per_step": 2}, "epochs_per_step 2"),
+        ({"mini_batch_size": 16, "mismatch_correction": {"kind": "tis"}}, "mismatch_correction.kind none"),
+    ],
+)
+def test_old_logprobs_from_the_train_forward_only_where_they_are_pi_old(options, message):
+    with pytest.raises(ValueError, match=message):
+        _grpo(old_logprobs="from_train_forward", **options)

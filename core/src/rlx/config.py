@@ -90,6 +90,13 @@ class GRPOConfig(Strict):
         0, ge=0, description="0 = synchronous steps; k >= 1 = rollouts for the next steps are generated while the "
         "trainer trains, and a sample of policy version v is trained at step s only if s - v <= k",
     )
+    old_logprobs: Literal["recompute", "from_train_forward"] = Field(
+        "recompute",
+        description="pi_old: recompute = a log-probs pass of the trainer before the update (any mini-batching); "
+        "from_train_forward = the detached log-probs of the training forward itself, which are pi_old exactly when "
+        "the step makes one optimizer step (mini_batch_size = prompts_per_step x num_generations, epochs_per_step "
+        "1): saves that pass (as TRL does on-policy). Needs mismatch_correction.kind none",
+    )
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
     mismatch_correction: MismatchCorrectionConfig = Field(default_factory=MismatchCorrectionConfig)
@@ -101,6 +108,24 @@ class GRPOConfig(Strict):
             raise ValueError(
                 f"mini_batch_size ({self.mini_batch_size}) must divide prompts_per_step x num_generations ({total})"
             )
+        if self.old_logprobs == "from_train_forward":
+            problems = []
+            if self.mini_batch_size != total or self.epochs_per_step != 1:
+                problems.append(
+                    f"one optimizer step per GRPO step (mini_batch_size = prompts_per_step x num_generations = "
+                    f"{total} and epochs_per_step 1; got mini_batch_size {self.mini_batch_size}, epochs_per_step "
+                    f"{self.epochs_per_step}): after the first update the policy is no longer pi_old"
+                )
+            if self.mismatch_correction.kind != "none":
+                problems.append(
+                    f"mismatch_correction.kind none (got {self.mismatch_correction.kind!r}): its weights need pi_old "
+                    "before the update"
+                )
+            if problems:
+                raise ValueError(
+                    "grpo.old_logprobs=from_train_forward needs " + "; and ".join(problems)
+                    + ". Use grpo.old_logprobs=recompute"
+                )
         return self
 
 

@@ -28,6 +28,7 @@ from rlx.config import GRPOConfig, RolloutConfig, ValidationConfig
 from rlx.data import DataCursor, PromptEncoder
 from rlx.evaluation import evaluate, status_fractions
 from rlx.generation import push_weights_within
+from rlx.grpo.losses import MISMATCH_SUM, MISMATCH_TOKENS
 from rlx.grpo.metrics import logprob_mismatch, rollout_metrics, sequence_fractions
 from rlx.interfaces import Environment, Generator, Problem, TokenBatch, TrainBatch, Trainer
 from rlx.metrics import timed
@@ -40,7 +41,7 @@ log = logging.getLogger("rlx.loop")
 def mini_batches(
     batch: TokenBatch,
     *,
-    old_logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
     ref_logprobs: torch.Tensor | None,
     advantages: torch.Tensor,
     generator_logprobs: torch.Tensor,
@@ -55,7 +56,7 @@ def mini_batches(
     loss_mask (B, T): the tokens that carry loss (the completion mask, less filtered sequences); `loss_weights` maps
     a mini-batch's loss mask to its weights (the selected aggregation). They are computed per mini-batch over all
     of its sequences (the "global batch" of one optimizer step), so any later split into micro-batches or ranks
-    gives the same update. Whole sequences stay whole.
+    gives the same update. Whole sequences stay whole. old_logprobs None: pi_old comes from the training forward.
     """
     perm = torch.randperm(len(batch), generator=generator)
     out = []
@@ -66,7 +67,7 @@ def mini_batches(
                 input_ids=batch.input_ids[idx],
                 attention_mask=batch.attention_mask[idx],
                 completion_mask=batch.completion_mask[idx],
-                old_logprobs=old_logprobs[idx],
+                old_logprobs=None if old_logprobs is None else old_logprobs[idx],
                 advantages=advantages[idx],
                 loss_weights=loss_weights(loss_mask[idx]),
                 ref_logprobs=None if ref_logprobs is None else ref_logprobs[idx],
@@ -190,7 +191,9 @@ class GRPOLoop:
         # 5. pi_old (and reference) log-probs from the trainer
         batch, gen_logprobs = collate(samples, self.pad_id)
         with timed(timings, "time/logprobs"):
-            old_logprobs = self.trainer.logprobs(batch, temperature=g.temperature)
+            # from_train_forward: pi_old is the training forward's own (detached) log-probs, no pass here
+            recompute = g.old_logprobs == "recompute"
+            old_logprobs = self.trainer.logprobs(batch, temperature=g.temperature) if recompute else None
             ref_logprobs = (
                 self.trainer.logprobs(batch, temperature=g.temperature, reference=True) if g.kl_coef > 0 else None
             )
@@ -199,7 +202,9 @@ class GRPOLoop:
         # weights pi_old / pi_generator of the selected mismatch correction
         carries_loss = torch.tensor([not (g.overlong.filter and s.truncated) for s in samples])  # (B,)
         loss_mask = batch.completion_mask & carries_loss.unsqueeze(1)  # (B, T)
-        is_weights, mismatch_metrics = algo.mismatch_weights(old_logprobs, gen_logprobs, loss_mask)
+        is_weights, mismatch_metrics = (
+            algo.mismatch_weights(old_logprobs, gen_logprobs, loss_mask) if old_logprobs is not None else (None, {})
+        )
 
         # 6. optimizer steps over mini-batches
         shuffle = torch.Generator().manual_seed(step_seed)
@@ -215,7 +220,12 @@ class GRPOLoop:
                     live = int((mb.loss_weights > 0).any(dim=1).sum())
                     train_metrics.append(sequence_fractions(result, live))
 
-        metrics = {"logprob_mismatch": logprob_mismatch(gen_logprobs, old_logprobs, batch.completion_mask)}
+        if old_logprobs is not None:
+            metrics = {"logprob_mismatch": logprob_mismatch(gen_logprobs, old_logprobs, batch.completion_mask)}
+        else:  # summed by the loss over the one optimizer step's micro-batches
+            sums = [(m.pop(MISMATCH_SUM, 0.0), m.pop(MISMATCH_TOKENS, 0.0)) for m in train_metrics]
+            tokens = sum(count for _, count in sums)
+            metrics = {"logprob_mismatch": sum(total for total, _ in sums) / tokens if tokens else 1.0}
         metrics["overlong/filtered_frac"] = float((~carries_loss).double().mean())
         metrics.update(mismatch_metrics)
         metrics.update(_mean_dicts(train_metrics, prefix="train/"))

@@ -20,6 +20,11 @@ LOG_RATIO_CLAMP = 20.0
 # ---------------------------------------------------------------------------------------------- aggregations
 
 
+#: metrics of `grpo_loss` when pi_old comes from the training forward: sum over tokens of exp|new - generator|,
+#: and the number of tokens (the loop divides them into `logprob_mismatch`)
+MISMATCH_SUM = "gen_mismatch_sum"
+MISMATCH_TOKENS = "gen_mismatch_tokens"
+
 def token_mean_weights(loss_mask: torch.Tensor, options: AggregationOptions) -> torch.Tensor:
     """Token mean (DAPO, Yu et al. 2025, arXiv 2503.14476): w = mask / (valid tokens in the mini-batch).
 
@@ -186,7 +191,8 @@ def policy_loss(
     """The GRPO loss of one (micro-)batch: a `PolicyLossFn` (bind the options with functools.partial).
 
     new_logprobs: (B, T) log-probabilities of `batch.input_ids` under the policy being trained (with grad).
-    Uses batch.old_logprobs (B, T), batch.advantages (B,) broadcast over tokens, batch.loss_weights (B, T),
+    Uses batch.old_logprobs (B, T) (None: the detached new_logprobs, i.e. this forward's policy is pi_old; the
+    metrics then add MISMATCH_SUM / MISMATCH_TOKENS against batch.generator_logprobs), batch.advantages (B,) broadcast over tokens, batch.loss_weights (B, T),
     batch.completion_mask (B, T), batch.is_weights (B, T) when set (mismatch correction, no grad) and, when
     kl_coef > 0, batch.ref_logprobs (B, T). Rows must be whole sequences (`surrogate` may use per-sequence sums).
 
@@ -198,7 +204,8 @@ def policy_loss(
     sequence flag, `<name>_seqs`: a count of sequences with loss weight (the loop divides by the mini-batch's).
     Computed in float32 whatever the dtype of the inputs. Positions outside completion_mask contribute nothing.
     """
-    old = _require(batch, "old_logprobs", "pi_old log-probabilities")
+    # No old_logprobs: pi_old is the policy of this very forward (one optimizer step per GRPO step), ratio 1.
+    old = batch.old_logprobs if batch.old_logprobs is not None else new_logprobs.detach()
     adv = _require(batch, "advantages", "one advantage per sequence")
     weights = _require(batch, "loss_weights", "from a registered loss aggregation").float()
     mask = batch.completion_mask.bool()
@@ -242,6 +249,11 @@ def policy_loss(
         metrics = {
             name: (torch.where(mask, value.detach().float(), zero) * weights).sum() for name, value in metrics_t.items()
         }
+        if batch.old_logprobs is None and batch.generator_logprobs is not None:
+            # logprob_mismatch without a log-probs pass: sum of exp|new - generator| and the token count
+            gen_diff = torch.where(mask, new_logprobs.detach().float() - batch.generator_logprobs.float(), zero)
+            metrics[MISMATCH_SUM] = torch.where(mask, torch.exp(gen_diff.abs()), zero).sum()
+            metrics[MISMATCH_TOKENS] = mask.sum().to(torch.float32)
         # sequences that carry loss (padding rows a trainer adds have zero loss weights)
         live = (weights > 0).any(dim=1) & mask.any(dim=1)  # (B,)
         for name, flags in terms.sequence_flags.items():
