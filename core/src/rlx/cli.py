@@ -101,7 +101,7 @@ def run_cmd(
 
 
 def _print_interrupt(exc: KeyboardInterrupt) -> None:
-    err_console.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/yellow]", highlight=False)
+    err_console.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/yellow]", highlight=False, soft_wrap=True)
 
 
 @plugins_app.command("list")
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("RLX_DEBUG"):
             traceback.print_exc()
         # escaped: messages quote user input and install commands such as pip install 'rlx-sglang[engine]'
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        # soft_wrap: no hard line breaks, so a long path in the message stays one piece to copy (the terminal wraps)
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt as exc:
         _print_interrupt(exc)
