@@ -306,9 +306,29 @@ def test_old_logprobs_from_the_train_forward_skip_the_pass_and_give_the_same_ste
     [
         ({"mini_batch_size": 8}, "one optimizer step per GRPO step"),
         ({"mini_batch_size": 16, "epochs_per_step": 2}, "epochs_per_step 2"),
-        ({"mini_batch_size": 16, "mismatch_correction": {"kind": "tis"}}, "mismatch_correction.kind none"),
     ],
 )
 def test_old_logprobs_from_the_train_forward_only_where_they_are_pi_old(options, message):
     with pytest.raises(ValueError, match=message):
         _grpo(old_logprobs="from_train_forward", **options)
+
+
+@pytest.mark.parametrize(("level", "cap"), [("token", 1.1), ("sequence", 1.2)])
+def test_mismatch_correction_from_the_train_forward_equals_the_recomputed_one(level, cap):
+    """With pi_old from the training forward, the loss computes the TIS weights itself: same weights, loss and
+    mismatch metrics as the driver's from a log-probs pass (pi_old - pi_gen = 0.1 per token here)."""
+    results = {}
+    for mode in ("recompute", "from_train_forward"):
+        grpo = _grpo(mini_batch_size=16, old_logprobs=mode,
+                     mismatch_correction={"kind": "tis", "level": level, "cap": cap})  # fmt: skip
+        trainer = ForwardTrainer()
+        loop = GRPOLoop(FakeGenerator(), trainer, FakeEnv(), FakeEncoder(), grpo, ValidationConfig(), 0, PROBLEMS)
+        results[mode] = (loop.run_step().metrics, trainer)
+    (recomputed, _), (forward, t_fw) = results["recompute"], results["from_train_forward"]
+    assert t_fw.logprob_calls == 0 and t_fw.batches[0].is_weights is None
+    mismatch_keys = sorted(k for k in recomputed if k.startswith("mismatch/"))
+    assert mismatch_keys and mismatch_keys == sorted(k for k in forward if k.startswith("mismatch/"))
+    for key in [*mismatch_keys, "train/loss", "train/is_weight_mean", "logprob_mismatch"]:
+        assert forward[key] == pytest.approx(recomputed[key], rel=1e-6, abs=1e-9), key
+    assert recomputed["mismatch/clipped_frac"] > 0  # the cap binds somewhere: the comparison is not vacuous
+    assert not any(k.startswith("train/is_sum_") for k in forward)

@@ -228,10 +228,15 @@ class Algorithms:
     def loss_fn(self) -> PolicyLossFn:
         """The picklable PolicyLossFn a trainer calls per micro-batch."""
         from rlx.grpo.losses import policy_loss
+        from rlx.grpo.mismatch import mismatch_sums
 
+        # used only where pi_old comes from the training forward (no is_weights from the driver)
+        mismatch = None if self.mismatch.name == "none" else functools.partial(
+            mismatch_sums, correction=self.mismatch.fn, level=self.mismatch_level, options=self.mismatch_options
+        )
         return functools.partial(
             policy_loss, surrogate=self.policy_loss.fn, clip_low=self.clip.low, clip_high=self.clip.high,
-            dual_clip=self.clip.dual_clip, kl_coef=self.kl_coef,
+            dual_clip=self.clip.dual_clip, kl_coef=self.kl_coef, mismatch=mismatch,
         )
 
     def mismatch_weights(

@@ -95,7 +95,7 @@ class GRPOConfig(Strict):
         description="pi_old: recompute = a log-probs pass of the trainer before the update (any mini-batching); "
         "from_train_forward = the detached log-probs of the training forward itself, which are pi_old exactly when "
         "the step makes one optimizer step (mini_batch_size = prompts_per_step x num_generations, epochs_per_step "
-        "1): saves that pass (as TRL does on-policy). Needs mismatch_correction.kind none",
+        "1): saves that pass (as TRL does on-policy); a mismatch correction's weights then come from that forward too",
     )
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
@@ -115,11 +115,6 @@ class GRPOConfig(Strict):
                     f"one optimizer step per GRPO step (mini_batch_size = prompts_per_step x num_generations = "
                     f"{total} and epochs_per_step 1; got mini_batch_size {self.mini_batch_size}, epochs_per_step "
                     f"{self.epochs_per_step}): after the first update the policy is no longer pi_old"
-                )
-            if self.mismatch_correction.kind != "none":
-                problems.append(
-                    f"mismatch_correction.kind none (got {self.mismatch_correction.kind!r}): its weights need pi_old "
-                    "before the update"
                 )
             if problems:
                 raise ValueError(

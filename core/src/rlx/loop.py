@@ -28,8 +28,9 @@ from rlx.config import GRPOConfig, RolloutConfig, ValidationConfig
 from rlx.data import DataCursor, PromptEncoder
 from rlx.evaluation import evaluate, status_fractions
 from rlx.generation import push_weights_within
-from rlx.grpo.losses import MISMATCH_SUM, MISMATCH_TOKENS
+from rlx.grpo.losses import MISMATCH_PREFIX, MISMATCH_SUM, MISMATCH_TOKENS
 from rlx.grpo.metrics import logprob_mismatch, rollout_metrics, sequence_fractions
+from rlx.grpo.mismatch import mismatch_means
 from rlx.interfaces import Environment, Generator, Problem, TokenBatch, TrainBatch, Trainer
 from rlx.metrics import timed
 from rlx.producer import RolloutProducer, StepRollouts
@@ -226,6 +227,12 @@ class GRPOLoop:
             sums = [(m.pop(MISMATCH_SUM, 0.0), m.pop(MISMATCH_TOKENS, 0.0)) for m in train_metrics]
             tokens = sum(count for _, count in sums)
             metrics = {"logprob_mismatch": sum(total for total, _ in sums) / tokens if tokens else 1.0}
+            is_sums: dict[str, float] = {}
+            for m in train_metrics:
+                for key in [k for k in m if k.startswith(MISMATCH_PREFIX)]:
+                    name = key.removeprefix(MISMATCH_PREFIX)
+                    is_sums[name] = is_sums.get(name, 0.0) + m.pop(key)
+            mismatch_metrics = mismatch_means(is_sums)
         metrics["overlong/filtered_frac"] = float((~carries_loss).double().mean())
         metrics.update(mismatch_metrics)
         metrics.update(_mean_dicts(train_metrics, prefix="train/"))

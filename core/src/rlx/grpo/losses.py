@@ -24,6 +24,8 @@ LOG_RATIO_CLAMP = 20.0
 #: and the number of tokens (the loop divides them into `logprob_mismatch`)
 MISMATCH_SUM = "gen_mismatch_sum"
 MISMATCH_TOKENS = "gen_mismatch_tokens"
+#: ... and, with a mismatch correction, `rlx.grpo.mismatch.mismatch_sums`'s sums under this prefix
+MISMATCH_PREFIX = "is_sum_"
 
 def token_mean_weights(loss_mask: torch.Tensor, options: AggregationOptions) -> torch.Tensor:
     """Token mean (DAPO, Yu et al. 2025, arXiv 2503.14476): w = mask / (valid tokens in the mini-batch).
@@ -187,12 +189,14 @@ def policy_loss(
     clip_high: float = 0.2,
     dual_clip: float | None = None,
     kl_coef: float = 0.0,
+    mismatch=None,  # noqa: ANN001 - mismatch_sums with its correction bound (functools.partial), or None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss of one (micro-)batch: a `PolicyLossFn` (bind the options with functools.partial).
 
     new_logprobs: (B, T) log-probabilities of `batch.input_ids` under the policy being trained (with grad).
     Uses batch.old_logprobs (B, T) (None: the detached new_logprobs, i.e. this forward's policy is pi_old; the
-    metrics then add MISMATCH_SUM / MISMATCH_TOKENS against batch.generator_logprobs), batch.advantages (B,) broadcast over tokens, batch.loss_weights (B, T),
+    metrics then add MISMATCH_SUM / MISMATCH_TOKENS against batch.generator_logprobs and, with `mismatch`, the
+    correction's weights are computed here from this forward, their sums under MISMATCH_PREFIX), batch.advantages (B,) broadcast over tokens, batch.loss_weights (B, T),
     batch.completion_mask (B, T), batch.is_weights (B, T) when set (mismatch correction, no grad) and, when
     kl_coef > 0, batch.ref_logprobs (B, T). Rows must be whole sequences (`surrogate` may use per-sequence sums).
 
@@ -210,6 +214,13 @@ def policy_loss(
     weights = _require(batch, "loss_weights", "from a registered loss aggregation").float()
     mask = batch.completion_mask.bool()
     is_weights = batch.is_weights
+    mismatch_metrics: dict[str, torch.Tensor] = {}
+    if is_weights is None and batch.old_logprobs is None and mismatch is not None:
+        # pi_old is this forward: the mismatch weights pi_old / pi_generator come from it (constants, no grad)
+        gen = _require(batch, "generator_logprobs", "the mismatch correction's pi_generator")
+        carries = batch.completion_mask.bool() & (batch.loss_weights > 0)
+        is_weights, sums = mismatch(new_logprobs.detach(), gen, carries)
+        mismatch_metrics = {MISMATCH_PREFIX + name: value.float() for name, value in sums.items()}
     shapes = [new_logprobs.shape, weights.shape, mask.shape] + ([is_weights.shape] if is_weights is not None else [])
     if any(shape != old.shape for shape in shapes):
         raise ValueError(
@@ -254,6 +265,7 @@ def policy_loss(
             gen_diff = torch.where(mask, new_logprobs.detach().float() - batch.generator_logprobs.float(), zero)
             metrics[MISMATCH_SUM] = torch.where(mask, torch.exp(gen_diff.abs()), zero).sum()
             metrics[MISMATCH_TOKENS] = mask.sum().to(torch.float32)
+        metrics.update(mismatch_metrics)
         # sequences that carry loss (padding rows a trainer adds have zero loss weights)
         live = (weights > 0).any(dim=1) & mask.any(dim=1)  # (B,)
         for name, flags in terms.sequence_flags.items():

@@ -10,7 +10,7 @@ driver, and travel in `TrainBatch.is_weights`. Shapes: B sequences, T positions.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -48,13 +48,8 @@ def icepop(log_ratio: torch.Tensor, options: MismatchOptions) -> torch.Tensor:
 
 
 def mismatch_weights(
-    old_logprobs: torch.Tensor,
-    generator_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    correction: MismatchCorrection,
-    *,
-    level: Literal["token", "sequence"],
-    options: MismatchOptions,
+    old_logprobs: torch.Tensor, generator_logprobs: torch.Tensor, mask: torch.Tensor, correction: MismatchCorrection,
+    **level_and_options: Any,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Importance weights for the step's batch and their metrics.
 
@@ -63,10 +58,26 @@ def mismatch_weights(
     gen_t)) over the sequence's masked tokens, broadcast to them. Log-ratios are clamped to +-20.
     Returns weights (B, T) float32 (0 outside mask) and metrics over the units of the level (tokens or sequences
     with a masked token): mismatch/weight_mean, mismatch/clipped_frac (0 < w != rho), mismatch/masked_frac (w = 0),
-    mismatch/ratio_mean (rho before the correction).
+    mismatch/ratio_mean (rho before the correction). level_and_options: `mismatch_sums`'s level and options.
     """
+    weights, sums = mismatch_sums(old_logprobs, generator_logprobs, mask, correction, **level_and_options)
+    return weights, mismatch_means({name: float(value) for name, value in sums.items()})
+
+
+def mismatch_sums(
+    old_logprobs: torch.Tensor,
+    generator_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    correction: MismatchCorrection,
+    *,
+    level: Literal["token", "sequence"],
+    options: MismatchOptions,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`mismatch_weights` with its metrics as sums over the units (tensors: "units", "weight", "clipped", "masked",
+    "ratio"), which add up across micro-batches; `mismatch_means` turns them into the metrics."""
     m = mask.bool()
-    log_ratio = torch.where(m, old_logprobs.float() - generator_logprobs.float(), torch.zeros((), dtype=torch.float32))
+    log_ratio = torch.where(m, old_logprobs.float() - generator_logprobs.float(), torch.zeros((), dtype=torch.float32,
+                                                                                             device=m.device))  # fmt: skip
     if level == "sequence":
         units = m.any(dim=1, keepdim=True)  # (B, 1)
         log_ratio = log_ratio.sum(dim=1, keepdim=True)  # (B, 1)
@@ -75,14 +86,27 @@ def mismatch_weights(
     log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     weights = correction(log_ratio, options).float()  # (B, T) or (B, 1)
     rho = torch.exp(log_ratio)
-    metrics: dict[str, float] = {}
-    if bool(units.any()):
-        w, r = weights[units].double(), rho[units].double()
-        metrics = {
-            "mismatch/weight_mean": float(w.mean()),
-            "mismatch/clipped_frac": float(((w > 0) & ~torch.isclose(w, r, rtol=1e-6, atol=0.0)).double().mean()),
-            "mismatch/masked_frac": float((w == 0).double().mean()),
-            "mismatch/ratio_mean": float(r.mean()),
-        }
-    full = torch.where(m, weights.expand_as(m), torch.zeros((), dtype=torch.float32))
-    return full, metrics
+    u = units.expand_as(weights)
+    w, r = weights.double(), rho.double()
+    sums = {
+        "units": u.sum().double(),
+        "weight": torch.where(u, w, 0.0).sum(),
+        "clipped": (u & (w > 0) & ~torch.isclose(w, r, rtol=1e-6, atol=0.0)).sum().double(),
+        "masked": (u & (w == 0)).sum().double(),
+        "ratio": torch.where(u, r, 0.0).sum(),
+    }
+    full = torch.where(m, weights.expand_as(m), torch.zeros((), dtype=torch.float32, device=m.device))
+    return full, sums
+
+
+def mismatch_means(sums: dict[str, float]) -> dict[str, float]:
+    """`mismatch_sums` -> mismatch/weight_mean, clipped_frac, masked_frac, ratio_mean ({} without units)."""
+    units = sums.get("units", 0.0)
+    if not units:
+        return {}
+    return {
+        "mismatch/weight_mean": sums["weight"] / units,
+        "mismatch/clipped_frac": sums["clipped"] / units,
+        "mismatch/masked_frac": sums["masked"] / units,
+        "mismatch/ratio_mean": sums["ratio"] / units,
+    }
