@@ -360,13 +360,13 @@ def build_trainer(ctx: Context, max_seq_len: int, **options: Any) -> FSDPTrainer
 def trainer_options(args: argparse.Namespace, scale: float) -> dict[str, Any]:
     if args.max_tokens is None:
         return {"micro_batch_size": args.micro_batch, "activation_checkpointing": args.activation_checkpointing,
-                "reshard_after_forward": not args.no_reshard_after_forward}  # fmt: skip
+                "reshard_after_forward": False if args.no_reshard_after_forward else "auto"}  # fmt: skip
     budget = max(2, round(args.max_tokens * scale))
     return {
         "max_tokens_per_micro_batch": budget,
         "logprob_max_tokens_per_micro_batch": max(budget, round(args.logprob_max_tokens * scale)),
         "activation_checkpointing": args.activation_checkpointing,
-        "reshard_after_forward": not args.no_reshard_after_forward,
+        "reshard_after_forward": False if args.no_reshard_after_forward else "auto",
         "attention": args.attention,
         "compile": False if args.no_compile else "auto",
     }

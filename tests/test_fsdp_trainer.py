@@ -245,6 +245,22 @@ def test_micro_batching_and_packing_do_not_change_the_update(tiny_path: str, var
     assert 0 < results[0]["entropy"] <= torch.log(torch.tensor(512.0)).item()
 
 
+def test_reshard_after_forward_auto_keeps_weights_gathered_on_one_rank(tiny_path: str) -> None:
+    """auto = false on one rank (the gathered weights are only a cast copy): the same update as ZeRO-3 resharding."""
+    batch = make_batch(8, seed=5)
+    weights, resolved = [], []
+    for reshard in ("auto", True):
+        trainer = make_trainer(tiny_path, max_tokens_per_micro_batch=40, reshard_after_forward=reshard, **EXACT)
+        try:
+            resolved.append(trainer.reshard_after_forward)
+            trainer.train_step(batch, pg_loss)
+            weights.append(weights_of(trainer))
+        finally:
+            trainer.close()
+    assert resolved == [False, True]
+    assert_same_weights(weights[0], weights[1], atol=1e-6)
+
+
 def test_a_sequence_longer_than_the_budget_is_a_clear_error(tiny_path: str) -> None:
     with pytest.raises(ConfigError, match=r"model.max_seq_len \(16\) is longer than trainer.max_tokens_per_micro"):
         make_trainer(tiny_path, max_tokens_per_micro_batch=12)

@@ -302,6 +302,26 @@ def test_old_logprobs_from_the_train_forward_skip_the_pass_and_give_the_same_ste
 
 
 @pytest.mark.parametrize(
+    ("options", "from_forward", "passes"),
+    [
+        ({"mini_batch_size": 16}, True, 0),  # one optimizer step per GRPO step: the pass is skipped
+        ({"mini_batch_size": 8}, False, 1),  # two optimizer steps: the second needs the recomputed pi_old
+        ({"mini_batch_size": 16, "epochs_per_step": 2}, False, 1),
+        ({"mini_batch_size": 16, "old_logprobs": "recompute"}, False, 1),
+    ],
+)
+def test_old_logprobs_auto_takes_the_train_forward_only_where_it_is_pi_old(options, from_forward, passes):
+    grpo = _grpo(**options)
+    assert grpo.pi_old_from_train_forward is from_forward
+    assert GRPOConfig().old_logprobs == "auto"
+    trainer = ForwardTrainer()
+    loop = GRPOLoop(FakeGenerator(), trainer, FakeEnv(), FakeEncoder(), grpo, ValidationConfig(), 0, PROBLEMS)
+    loop.run_step()
+    assert trainer.logprob_calls == passes
+    assert all((b.old_logprobs is None) is from_forward for b in trainer.batches)
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"mini_batch_size": 8}, "one optimizer step per GRPO step"),

@@ -90,12 +90,13 @@ class GRPOConfig(Strict):
         0, ge=0, description="0 = synchronous steps; k >= 1 = rollouts for the next steps are generated while the "
         "trainer trains, and a sample of policy version v is trained at step s only if s - v <= k",
     )
-    old_logprobs: Literal["recompute", "from_train_forward"] = Field(
-        "recompute",
+    old_logprobs: Literal["auto", "recompute", "from_train_forward"] = Field(
+        "auto",
         description="pi_old: recompute = a log-probs pass of the trainer before the update (any mini-batching); "
         "from_train_forward = the detached log-probs of the training forward itself, which are pi_old exactly when "
         "the step makes one optimizer step (mini_batch_size = prompts_per_step x num_generations, epochs_per_step "
-        "1): saves that pass (as TRL does on-policy); a mismatch correction's weights then come from that forward too",
+        "1): saves that pass (as TRL does on-policy); a mismatch correction's weights then come from that forward too. "
+        "auto: from_train_forward where it is exact (one optimizer step per GRPO step), else recompute",
     )
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
@@ -110,7 +111,7 @@ class GRPOConfig(Strict):
             )
         if self.old_logprobs == "from_train_forward":
             problems = []
-            if self.mini_batch_size != total or self.epochs_per_step != 1:
+            if not self.one_optimizer_step:
                 problems.append(
                     f"one optimizer step per GRPO step (mini_batch_size = prompts_per_step x num_generations = "
                     f"{total} and epochs_per_step 1; got mini_batch_size {self.mini_batch_size}, epochs_per_step "
@@ -122,6 +123,18 @@ class GRPOConfig(Strict):
                     + ". Use grpo.old_logprobs=recompute"
                 )
         return self
+
+    @property
+    def one_optimizer_step(self) -> bool:
+        """One optimizer step per GRPO step: the policy of the training forward is pi_old."""
+        return self.mini_batch_size == self.prompts_per_step * self.num_generations and self.epochs_per_step == 1
+
+    @property
+    def pi_old_from_train_forward(self) -> bool:
+        """old_logprobs resolved: True when pi_old is the training forward's own detached log-probs (no pass)."""
+        if self.old_logprobs == "auto":
+            return self.one_optimizer_step
+        return self.old_logprobs == "from_train_forward"
 
 
 class RolloutConfig(Strict):

@@ -193,7 +193,7 @@ class GRPOLoop:
         batch, gen_logprobs = collate(samples, self.pad_id)
         with timed(timings, "time/logprobs"):
             # from_train_forward: pi_old is the training forward's own (detached) log-probs, no pass here
-            recompute = g.old_logprobs == "recompute"
+            recompute = not g.pi_old_from_train_forward
             old_logprobs = self.trainer.logprobs(batch, temperature=g.temperature) if recompute else None
             ref_logprobs = (
                 self.trainer.logprobs(batch, temperature=g.temperature, reference=True) if g.kl_coef > 0 else None

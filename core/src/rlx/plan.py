@@ -83,7 +83,7 @@ class Plan:
             f"  grpo        {c.steps} steps x {g.prompts_per_step} prompts x {g.num_generations} samples; "
             f"{g.prompts_per_step * g.num_generations // g.mini_batch_size} optimizer steps/step; "
             + (f"asynchronous, max staleness {g.max_staleness}" if g.max_staleness else "synchronous")
-            + ("; pi_old from the train forward (no log-probs pass)" if g.old_logprobs == "from_train_forward" else "")
+            + ("; pi_old from the train forward (no log-probs pass)" if g.pi_old_from_train_forward else "")
         )
         if self.algorithms is not None:
             lines.append(f"  algorithm   {self.algorithms.describe()}")

@@ -78,10 +78,11 @@ class FSDPTrainerConfig(BaseModel):
         0, ge=0, description="torch intra-op threads for CPU training (0: leave torch's setting; 1 suits tiny models)"
     )
     activation_checkpointing: bool = Field(False, description="recompute each decoder layer in backward")
-    reshard_after_forward: bool = Field(
-        True,
+    reshard_after_forward: bool | Literal["auto"] = Field(
+        "auto",
         description="free gathered layer weights after forward (ZeRO-3). False keeps them gathered (in the compute "
-        "dtype) through all micro-batches of a call: one gather and cast per step instead of two per micro-batch",
+        "dtype) through all micro-batches of a call: one gather and cast per step instead of two per micro-batch. "
+        "auto: true on several ranks, false on one (nothing to save there but the compute-dtype copy)",
     )
     logits_chunk_tokens: int = Field(
         1024, gt=0, description="tokens per LM-head chunk: bounds the (tokens, vocab) fp32 logits held at once"

@@ -106,6 +106,9 @@ class FSDPTrainer:
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         torch.manual_seed(seed)
 
+        reshard = config.reshard_after_forward
+        #: ZeRO-3 between micro-batches; on one rank the gathered weights are only a cast copy, kept through a call
+        self.reshard_after_forward = self.world_size > 1 if reshard == "auto" else reshard
         self.packed = budget is not None
         self.compiled = config.compile is True or (config.compile == "auto" and self.device.type == "cuda")
         if self.packed and config.attention in VARLEN_NAMES:
@@ -162,7 +165,7 @@ class FSDPTrainer:
             fully_shard,
             mesh=self.mesh,
             mp_policy=mp_policy,
-            reshard_after_forward=self.config.reshard_after_forward,
+            reshard_after_forward=self.reshard_after_forward,
         )
         for layer in decoder_layers(hf_model):
             if self.compiled:
@@ -295,7 +298,7 @@ class FSDPTrainer:
             sums[name] = sums[name] + value if name in sums else value
 
         micro_batches = list(self._micro_batches(batch, self.config.max_tokens_per_micro_batch))
-        keep_gathered = not self.config.reshard_after_forward
+        keep_gathered = not self.reshard_after_forward
         for index, micro in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             # reduce gradients once per step; keep the weights gathered between micro-batches if asked to
