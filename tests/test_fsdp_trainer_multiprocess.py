@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlx.builtin.configs import FSDPTrainerConfig
-from rlx.cluster.base import TrainerWorkerError, split_rows
+from rlx.cluster.base import TrainerWorkerError
 from rlx.cluster.local import LocalTrainerGroup
 from rlx.grpo.losses import policy_loss
 from rlx.interfaces import ModelSpec, TrainBatch
@@ -58,14 +58,6 @@ def with_old_and_ref(group: LocalTrainerGroup, batch: TrainBatch) -> TrainBatch:
     old = group.logprobs(batch)
     ref = group.logprobs(batch, reference=True)
     return TrainBatch(**{**batch.__dict__, "old_logprobs": old, "ref_logprobs": ref})
-
-
-def test_split_rows_is_contiguous_and_uneven() -> None:
-    batch = make_batch(5)
-    shards = split_rows(batch, 3)
-    assert [len(s) for s in shards] == [2, 2, 1]
-    torch.testing.assert_close(torch.cat([s.input_ids for s in shards]), batch.input_ids)
-    assert [len(s) for s in split_rows(make_batch(1), 2)] == [1, 0]
 
 
 @pytest.mark.slow

@@ -38,18 +38,6 @@ def row_counts(rows: int, parts: int) -> list[int]:
     return [rows // parts + (1 if part < rows % parts else 0) for part in range(parts)]
 
 
-def split_rows(batch: TokenBatch, parts: int) -> list[TokenBatch]:
-    """Split every (B, ...) tensor field of `batch` into `parts` contiguous row blocks (some may be empty).
-
-    Superseded for trainer ranks by `shard_rows` (token-balanced); kept while a caller still uses it.
-    """
-    shards, start = [], 0
-    for count in row_counts(len(batch), parts):
-        shards.append(take_rows(batch, list(range(start, start + count))))
-        start += count
-    return shards
-
-
 def take_rows(batch: TokenBatch, rows: Sequence[int]) -> TokenBatch:
     """The same batch type with only `rows` (in that order) of every (B, ...) tensor field."""
     index = torch.tensor(list(rows), dtype=torch.long)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from rlx.cluster.base import TrainerWorker, TrainerWorkerError, free_port, split_rows
+from rlx.cluster.base import RowShards, TrainerWorker, TrainerWorkerError, free_port, shard_rows
 from rlx.cluster.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast, pack
 from rlx.cluster.ray.placement import Placement
 from rlx.cluster.ray.pool import ActorPool, PoolBacked, StepClock, node_info
@@ -94,7 +94,7 @@ class TrainerActor(TrainerWorker):
 
 class RayTrainerGroup(PoolBacked):
     """A `Trainer` made of `world_size` trainer actors forming one torch.distributed group (gloo on CPU, NCCL on
-    GPU): batches split by rows, rank 0's metrics.
+    GPU): batches split by rows into token-balanced shards, rank 0's metrics.
 
     `nodes[rank]` / `ips[rank]` say where each rank runs. A failure of any rank (raise, death, timeout) kills the
     group and raises TrainerWorkerError naming the rank, the call and the step.
@@ -142,11 +142,12 @@ class RayTrainerGroup(PoolBacked):
         self._finish_stream()
         return self.pool.call_all(call, args, **kwargs)
 
-    def _call_split(self, call: str, batch: TokenBatch, *args: Any, **kwargs: Any) -> list[Any]:
-        """The one place a batch is split across ranks (`rlx.cluster.base.split_rows`): rank r gets shard r as its
-        first argument, then `args`; the answers come back by rank."""
-        shards = split_rows(batch, self.world_size)
-        return self._call_all(call, [(shard, *args) for shard in shards], **kwargs)
+    def _call_split(self, call: str, batch: TokenBatch, *args: Any, **kwargs: Any) -> tuple[RowShards, list[Any]]:
+        """The one place a batch is split across ranks (`rlx.cluster.base.shard_rows`: equal token loads, as the
+        local cluster splits): rank r gets shard r as its first argument, then `args`; the answers come back by
+        rank, with the split (per-row results go back in row order through `RowShards.restore`)."""
+        split = shard_rows(batch, self.world_size)
+        return split, self._call_all(call, [(shard, *args) for shard in split.shards], **kwargs)
 
     def _finish_stream(self) -> None:
         if self._stream is not None:
@@ -156,12 +157,13 @@ class RayTrainerGroup(PoolBacked):
     # ---------------------------------------------------------------------------------------- Trainer
 
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
-        """(B, T) float32: each rank scores its shard of rows; the shards are concatenated in order."""
-        return torch.cat(self._call_split("logprobs", batch, temperature=temperature, reference=reference), dim=0)
+        """(B, T) float32: each rank scores a token-balanced share of the rows; results come back in row order."""
+        split, parts = self._call_split("logprobs", batch, temperature=temperature, reference=reference)
+        return split.restore(parts)
 
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
-        """One optimizer step over the whole batch (split by rows); rank 0's metrics (already all-reduced)."""
-        return self._call_split("train_step", batch, loss_fn, temperature=temperature)[0]
+        """One optimizer step over the whole batch (token-balanced row shards); rank 0's metrics (all-reduced)."""
+        return self._call_split("train_step", batch, loss_fn, temperature=temperature)[1][0]
 
     def named_weights(self) -> RayWeightStream:
         """Rank 0's full tensors, read once. A `RayGeneratorPool` moves them actor to actor, never through here."""
