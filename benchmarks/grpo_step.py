@@ -198,6 +198,7 @@ def build_model(folder: Path, tiny: bool) -> str:
     tokenizer = build_tokenizer(default_corpus())
     config = Qwen2Config(**QWEN25_15B, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)  # the same random weights on every run: comparable across runs and with trl_grpo_step.py
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(str(folder), safe_serialization=True)
