@@ -138,6 +138,33 @@ def test_compiled_lm_head_math_equals_eager() -> None:
         torch.testing.assert_close(compiled_value, eager_value, atol=1e-5, rtol=1e-5)
 
 
+def test_compiled_per_sequence_attention_matches_eager_and_does_not_recompile_per_packing(tiny_path: str) -> None:
+    """attention=varlen_sdpa under trainer.compile: the per-sequence loop runs outside the compiled layers, so a new
+    packing (other sequence count and starts) reuses the graphs (it recompiled at each one: 240 s of first step on
+    an H200), and the values are eager's (fp32, CPU inductor)."""
+    from torch._dynamo.utils import counters
+
+    batches = [make_batch(rows, seed=rows) for rows in (5, 7, 6, 3)]
+    results = {}
+    for compile_option in (True, False):
+        trainer = make_trainer(tiny_path, compile=compile_option, attention="varlen_sdpa", micro_batch_size=None,
+                               max_tokens_per_micro_batch=40)  # fmt: skip
+        try:
+            assert trainer.compiled is compile_option
+            values = [trainer.logprobs(batches[0])]
+            graphs = counters["stats"]["unique_graphs"]
+            values += [trainer.logprobs(batch) for batch in batches[1:]]
+            if compile_option:
+                assert counters["stats"]["unique_graphs"] == graphs, "a new packing compiled new graphs"
+            trainer.train_step(batches[1], pg_loss)
+            values.append(trainer.logprobs(batches[2]))
+            results[compile_option] = values
+        finally:
+            trainer.close()
+    for compiled, eager in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("packing", ["rows", *PACKINGS])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_match_a_plain_hf_forward(tiny_path: str, temperature: float, packing: str) -> None:

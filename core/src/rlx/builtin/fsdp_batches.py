@@ -28,7 +28,7 @@ class MicroBatch:
     position_ids:    (1, N) restarted per sequence, or None (0.. per row)
     attention_mask:  (n, width) for padded rows that are not right-padded, else None (causal)
     attention_kwargs: the sequence boundaries for varlen attention (cu_seq_lens_q/k (n+1,) int32,
-                     max_length_q/k, and with host_bounds the same starts as host ints under SEQUENCE_BOUNDS), else empty
+                     max_length_q/k, and with host_bounds the same starts as a CPU tensor under SEQUENCE_BOUNDS), else empty
     score_index:     (S,) flat positions of input_ids whose hidden state predicts a scored token (at + 1)
     scatter_rows, scatter_cols: (S,) where each scored log-probability goes in the (n, width) view
     batch:           the rows' fields, (n, width), for loss_fn (a zero-weight stand-in for a padding one)
@@ -110,7 +110,7 @@ def packed_micro_batch(
     host_bounds: bool = False,
 ) -> MicroBatch:
     """`rows` of the batch (CPU copy for indices, device copy for data) as one packed sequence row. host_bounds:
-    also pass the sequence starts as host ints (SEQUENCE_BOUNDS), for per-sequence attention."""
+    also pass the sequence starts on the CPU (SEQUENCE_BOUNDS), for per-sequence attention."""
     if not rows:
         return _padding_micro_batch(cpu, packed=True, varlen=varlen, device=device)
     index = torch.tensor(rows, dtype=torch.long)
@@ -141,7 +141,7 @@ def packed_micro_batch(
         cu32 = cu_d.to(torch.int32)
         kwargs = {"cu_seq_lens_q": cu32, "cu_seq_lens_k": cu32, "max_length_q": longest, "max_length_k": longest}
         if host_bounds:
-            kwargs[SEQUENCE_BOUNDS] = tuple(cu_seqlens.tolist())
+            kwargs[SEQUENCE_BOUNDS] = cu_seqlens.to(torch.int64)  # stays on the CPU: read without a device sync
     return MicroBatch(
         rows=rows_d,
         input_ids=input_ids,

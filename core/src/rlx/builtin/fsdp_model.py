@@ -195,7 +195,7 @@ def varlen_attention(
     sliding_window: int | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     max_length_q: int | None = None,
-    rlx_sequence_bounds: tuple[int, ...] | None = None,
+    rlx_sequence_bounds: torch.Tensor | None = None,
     per_sequence: bool = False,
     **_: Any,
 ) -> tuple[torch.Tensor, None]:
@@ -218,15 +218,26 @@ def varlen_attention(
         out = _flash_varlen(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
                             cu_seq_lens_q, int(max_length_q or query.shape[2]), scaling)  # fmt: skip
         return out.unsqueeze(0), None
-    bounds = list(rlx_sequence_bounds) if rlx_sequence_bounds is not None else cu_seq_lens_q.tolist()
+    bounds = rlx_sequence_bounds if rlx_sequence_bounds is not None else cu_seq_lens_q
+    return _sdpa_per_sequence(query, key, value, bounds, scaling), None
+
+
+@torch.compiler.disable
+def _sdpa_per_sequence(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """SDPA once per packed sequence -> (1, N, Hq, D). Outside torch.compile: the loop depends on how many sequences
+    there are and where they start, which a compiled layer would otherwise recompile for at every new packing.
+    bounds: (n + 1,) sequence starts, a CPU tensor (rlx_sequence_bounds: no device sync) or cu_seq_lens_q."""
+    starts = bounds.tolist()
     parts = [
         F.scaled_dot_product_attention(
             query[:, :, start:stop], key[:, :, start:stop], value[:, :, start:stop],
             is_causal=True, scale=scaling, enable_gqa=True,
         )  # fmt: skip
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+        for start, stop in zip(starts[:-1], starts[1:], strict=True)
     ]
-    return torch.cat(parts, dim=2).transpose(1, 2), None
+    return torch.cat(parts, dim=2).transpose(1, 2)
 
 
 def _flash_varlen(
