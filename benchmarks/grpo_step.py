@@ -88,6 +88,38 @@ def _cap_seed(seed: int | None, cap: int) -> int | None:
     return None if seed is None else random.Random(f"{seed}/{cap}").randrange(2**31 - 1)
 
 
+class EngineStepTimer:
+    """Times the in-process vLLM generator's engine steps (its `_step`: one `LLMEngine.step()` and the filing of
+    finished requests), so a step's `time/generate` splits into time inside the engine and host time around it
+    (request building, result conversion, waiting). Other generators have no `_step`: nothing is recorded."""
+
+    def __init__(self, generator: Any) -> None:
+        self.steps, self.seconds = 0, 0.0
+        self._seen = (0, 0.0)
+        inner = getattr(generator, "_step", None)
+        self.active = callable(inner)
+        if not self.active:
+            return
+
+        def timed_step() -> None:
+            started = time.perf_counter()
+            try:
+                inner()
+            finally:
+                self.steps += 1
+                self.seconds += time.perf_counter() - started
+
+        generator._step = timed_step
+
+    def take(self) -> dict[str, float]:
+        """Engine steps and seconds since the last call (empty when inactive)."""
+        if not self.active:
+            return {}
+        steps, seconds = self.steps - self._seen[0], self.seconds - self._seen[1]
+        self._seen = (self.steps, self.seconds)
+        return {"gen/engine_steps": float(steps), "gen/engine_s": seconds}
+
+
 class LongTailGenerator:
     """A Generator whose `generate(prompts, params)` caps each of a prompt's n completions at its own length, drawn
     by `caps`, and serves them all through the streaming API of the wrapped generator (`as_streaming`): one
@@ -207,7 +239,7 @@ def build_model(folder: Path, tiny: bool) -> str:
     return str(folder)
 
 
-PHASES = ["time/generate", "time/score", "time/logprobs", "time/train", "time/weight_sync", "time/sleep",
+PHASES = ["time/generate", "gen/engine_s", "time/score", "time/logprobs", "time/train", "time/weight_sync", "time/sleep",
           "time/wake_up", "time/wait_rollouts"]
 
 
@@ -250,6 +282,7 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
     build_s = time.perf_counter() - t
     tokenizer = load_tokenizer(spec)
     generator = components.generator
+    engine_timer = EngineStepTimer(generator)
     if args.lengths == "longtail":
         generator = LongTailGenerator(generator, seed=cfg.seed)
     loop = GRPOLoop(generator=generator, trainer=components.trainer, env=env,
@@ -266,7 +299,7 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
             m = dict(result.metrics)
             m.update({"wall/step": wall, "completion_tokens": float(sum(lengths)),
                       "completion_tokens_per_s": sum(lengths) / wall, "length/max": float(max(lengths)),
-                      "length/median": float(statistics.median(lengths))})
+                      "length/median": float(statistics.median(lengths)), **engine_timer.take()})
             rows.append(m)
             console.print(f"max_staleness {max_staleness}, step {result.step}: {wall:.2f}s, {sum(lengths)} tokens")
     finally:

@@ -129,3 +129,22 @@ def test_comparison_rates_steady_steps_against_the_synchronous_run(bench) -> Non
     assert sync["step_s"] == 5.0 and sync["completion_tokens_per_s"] == 20.0 and sync["speedup"] == 1.0
     assert one_off["step_s"] == 2.5 and one_off["completion_tokens_per_s"] == 40.0 and one_off["speedup"] == 2.0
     assert one_off["time/train"] == 3.0 and one_off["time/wait_rollouts"] is None
+
+
+def test_engine_step_timer_splits_generate_into_engine_steps(bench):
+    class Stepping:
+        def __init__(self) -> None:
+            self.stepped = 0
+
+        def _step(self) -> None:
+            self.stepped += 1
+
+    generator = Stepping()
+    timer = bench.EngineStepTimer(generator)
+    for _ in range(3):
+        generator._step()
+    first = timer.take()
+    assert generator.stepped == 3 and first["gen/engine_steps"] == 3.0 and first["gen/engine_s"] >= 0
+    generator._step()
+    assert timer.take()["gen/engine_steps"] == 1.0  # counts since the last take
+    assert bench.EngineStepTimer(FakeGenerator()).take() == {}  # a generator without engine steps: nothing
