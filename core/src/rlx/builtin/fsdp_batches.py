@@ -141,7 +141,7 @@ def packed_micro_batch(
         cu32 = cu_d.to(torch.int32)
         kwargs = {"cu_seq_lens_q": cu32, "cu_seq_lens_k": cu32, "max_length_q": longest, "max_length_k": longest}
         if host_bounds:
-            kwargs[SEQUENCE_BOUNDS] = cu_seqlens.to(torch.int64)  # stays on the CPU: read without a device sync
+            kwargs[SEQUENCE_BOUNDS] = cu_seqlens  # the CPU copy: read without a device sync
     return MicroBatch(
         rows=rows_d,
         input_ids=input_ids,

@@ -142,12 +142,10 @@ class RayTrainerGroup(PoolBacked):
         self._finish_stream()
         return self.pool.call_all(call, args, **kwargs)
 
-    def _call_split(self, call: str, batch: TokenBatch, *args: Any, **kwargs: Any) -> tuple[RowShards, list[Any]]:
-        """The one place a batch is split across ranks (`rlx.cluster.base.shard_rows`: equal token loads, as the
-        local cluster splits): rank r gets shard r as its first argument, then `args`; the answers come back by
-        rank, with the split (per-row results go back in row order through `RowShards.restore`)."""
-        split = shard_rows(batch, self.world_size)
-        return split, self._call_all(call, [(shard, *args) for shard in split.shards], **kwargs)
+    def _call_split(self, call: str, split: RowShards, *args: Any, **kwargs: Any) -> list[Any]:
+        """`call` with rank r's shard of `split` (`rlx.cluster.base.shard_rows`: equal token loads, as the local
+        cluster splits) as its first argument, then `args`; the answers come back by rank."""
+        return self._call_all(call, [(shard, *args) for shard in split.shards], **kwargs)
 
     def _finish_stream(self) -> None:
         if self._stream is not None:
@@ -158,12 +156,13 @@ class RayTrainerGroup(PoolBacked):
 
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
         """(B, T) float32: each rank scores a token-balanced share of the rows; results come back in row order."""
-        split, parts = self._call_split("logprobs", batch, temperature=temperature, reference=reference)
-        return split.restore(parts)
+        split = shard_rows(batch, self.world_size)
+        return split.restore(self._call_split("logprobs", split, temperature=temperature, reference=reference))
 
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One optimizer step over the whole batch (token-balanced row shards); rank 0's metrics (all-reduced)."""
-        return self._call_split("train_step", batch, loss_fn, temperature=temperature)[1][0]
+        split = shard_rows(batch, self.world_size)
+        return self._call_split("train_step", split, loss_fn, temperature=temperature)[0]
 
     def named_weights(self) -> RayWeightStream:
         """Rank 0's full tensors, read once. A `RayGeneratorPool` moves them actor to actor, never through here."""
