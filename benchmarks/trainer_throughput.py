@@ -343,6 +343,69 @@ def attention_bench(ctx: Context, workload: Workload, tokens: int) -> list[dict[
 # ------------------------------------------------------------------------------------------ main
 
 
+#: kernel-name patterns -> category, first match wins (cuBLAS/CUTLASS GEMMs, FlashAttention, compiled Triton, ...)
+KERNEL_CATEGORIES = (
+    ("communication", ("nccl",)),
+    ("attention", ("flash", "fmha", "attn")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "sm90_", "sm100_")),
+    ("triton (compiled)", ("triton",)),
+    ("copy / fill", ("memcpy", "memset", "copy", "fill")),
+    ("eager elementwise / reduce", ("elementwise", "vectorized", "reduce", "softmax", "index")),
+)
+
+
+def kernel_category(name: str) -> str:
+    lower = name.lower()
+    return next((category for category, keys in KERNEL_CATEGORIES if any(k in lower for k in keys)), "other")
+
+
+def profile_calls(ctx: Context, trainer: FSDPTrainer, workload: Workload) -> dict[str, Any]:
+    """One train_step and one logprobs call under torch.profiler (after the timed rows: warm, compiled): per call the
+    wall time, the device's busy time (kernel time summed: below wall = the GPU waits for the host) by kernel
+    category, and the top kernels. The full tables go to <--out>.profile.txt."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = workload.batch(ctx.config.vocab_size)
+    loss_fn = functools.partial(policy_loss, clip_low=0.2, clip_high=0.28)
+    calls = {"train_step": lambda: trainer.train_step(batch, loss_fn), "logprobs": lambda: trainer.logprobs(batch)}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
+    report: dict[str, Any] = {}
+    tables = []
+    for name, call in calls.items():
+        with profile(activities=activities) as prof:
+            wall_s, _ = timed(call, ctx.device)
+        events = prof.key_averages()
+        # the device's own events (kernels, copies): host ops carry their kernels' time too, counted once here
+        kernels = {e.key: e.self_device_time_total for e in events
+                   if e.device_type != DeviceType.CPU and e.self_device_time_total > 0}  # fmt: skip
+        by_category: dict[str, float] = {}
+        for key, us in kernels.items():
+            by_category[kernel_category(key)] = by_category.get(kernel_category(key), 0.0) + us / 1e6
+        busy_s = sum(kernels.values()) / 1e6
+        top = sorted(kernels.items(), key=lambda item: -item[1])[:15]
+        report[name] = {
+            "wall_s": wall_s,
+            "device_busy_s": busy_s,
+            "by_category_s": dict(sorted(by_category.items(), key=lambda item: -item[1])),
+            "top_kernels": [
+                {"name": k[:160], "s": us / 1e6, "calls": next(e.count for e in events if e.key == k)} for k, us in top
+            ],
+            "cpu_ops": len(events),
+        }
+        print(f"profile {name}: wall {wall_s:.3f} s, device busy {busy_s:.3f} s")
+        for category, seconds in report[name]["by_category_s"].items():
+            print(f"  {category:<28} {seconds:8.3f} s")
+        for item in report[name]["top_kernels"][:8]:
+            print(f"  {item['s']:8.3f} s {item['calls']:6d}x  {item['name'][:100]}")
+        sort = "self_device_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
+        tables.append(f"== {name}\n{events.table(sort_by=sort, row_limit=40)}")
+    if ctx.args.out:
+        with open(f"{ctx.args.out}.profile.txt", "w") as handle:
+            handle.write("\n\n".join(tables))
+    return report
+
+
 def variant_row(ctx: Context, trainer: FSDPTrainer, workload: Workload, label: str, options: dict) -> dict[str, Any]:
     return rlx_row(ctx, trainer, workload, label) | {"config": options}
 
@@ -419,6 +482,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM)")
     parser.add_argument("--work-dir", default=None, help="where the random checkpoint is written (default: tmp)")
     parser.add_argument("--out", default=None, help="write the results as JSON here (after every row)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the rlx rows, profile one train_step and one logprobs call (kernel categories, "
+                        "device busy vs wall; tables in <--out>.profile.txt)")  # fmt: skip
     args = parser.parse_args()
     args.max_tokens = args.max_tokens or None
     args.steps = args.steps or (1 if args.tiny else 2)
@@ -479,6 +545,9 @@ def main() -> None:
     try:
         for workload in main_workloads:
             guarded(label, workload, lambda w=workload: rlx_row(ctx, trainer, w, label) | {"config": options})
+        if args.profile:
+            result["profile"] = profile_calls(ctx, trainer, main_workloads[-1])
+            save()
         hf_model = None
         if args.anchor == "hf" and device.type == "cuda":  # for the exactness check below
             from transformers import AutoModelForCausalLM

@@ -4,7 +4,9 @@
 #   bash scripts/gpu/grpo_longtail.sh install        # unpack and install the wheels and the project (once per machine)
 #   NEW_TOKENS=2048 bash scripts/gpu/grpo_longtail.sh sync|async STEPS [extra overrides...]
 #   bash scripts/gpu/grpo_longtail.sh round STEPS [extra overrides...]   # 16 x 8 x 512, synchronous
-#   MPS=1 ... async ...                               # the same under an MPS daemon of its own (untested so far)
+#   MPS=1 ... async ...                               # the same under an MPS daemon of its own. Untested: the one
+#                                                     # call that tried it (after install and `sync` in the same
+#                                                     # command) lost the machine, cause unknown; try it alone
 #   bash scripts/gpu/grpo_longtail.sh trl ROUNDS      # TRL's GRPOTrainer + vLLM colocate, the same round (.whl/trl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
