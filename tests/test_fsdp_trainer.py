@@ -419,3 +419,19 @@ def test_pi_old_from_the_train_forward_gives_the_recomputed_update(tiny_path: st
         finally:
             trainer.close()
     assert_same_weights(weights[0], weights[1], atol=1e-6)
+
+
+def test_own_cuda_stream_is_accepted_and_a_no_op_on_cpu(tiny_path: str) -> None:
+    """trainer.cuda_stream=own only matters on CUDA (tests/test_fsdp_trainer_gpu.py); on CPU there is no stream."""
+    batch = make_batch(4, seed=35)
+    got = []
+    for stream in ("own", "default"):
+        trainer = make_trainer(tiny_path, cuda_stream=stream, **EXACT)
+        try:
+            assert trainer.stream is None
+            got.append(trainer.logprobs(batch))
+        finally:
+            trainer.close()
+    torch.testing.assert_close(got[0], got[1], atol=0, rtol=0)
+    with pytest.raises(ValidationError, match="cuda_stream"):
+        FSDPTrainerConfig(cuda_stream="side")

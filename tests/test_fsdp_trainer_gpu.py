@@ -132,3 +132,41 @@ def test_compiled_trainer_is_the_gpu_default_and_matches_eager(tiny_path: str) -
     for compiled_value, eager_value in zip(results["auto"], results[False], strict=True):
         torch.testing.assert_close(compiled_value, eager_value, atol=0.05, rtol=0)
     assert (results["auto"][1] - results["auto"][0]).abs().max() > 0
+
+
+def test_own_cuda_stream_trains_like_the_default_one_beside_other_work(tiny_path: str) -> None:
+    """trainer.cuda_stream=own (an in-process generator's kernels may run beside the trainer's): the same log-probs,
+    update and handed-over weights as on the default stream, also while another thread keeps the default stream busy."""
+    import threading
+
+    batch = make_batch(6, seed=34)
+    model = ModelSpec(tiny_path, max_seq_len=16)
+    results = {}
+    for stream in ("default", "own"):
+        trainer = FSDPTrainer(FSDPTrainerConfig(lr=1e-3, max_tokens_per_micro_batch=40, cuda_stream=stream),
+                              model=model, seed=0)  # fmt: skip
+        stop = threading.Event()
+
+        def busy(stop: threading.Event = stop) -> None:  # the default stream's other user (a generator's engine)
+            x = torch.randn(2048, 2048, device="cuda")
+            while not stop.is_set():
+                x = torch.tanh(x @ x)
+            torch.cuda.synchronize()
+
+        worker = threading.Thread(target=busy)
+        worker.start()
+        try:
+            assert (trainer.stream is not None) is (stream == "own")
+            before = trainer.logprobs(batch)
+            trainer.train_step(batch, pg_loss)
+            weights = {name: tensor.float().clone() for name, tensor in trainer.named_weights()}
+            results[stream] = (before, trainer.logprobs(batch), weights)
+        finally:
+            stop.set()
+            worker.join()
+            trainer.close()
+    for own, default in zip(results["own"][:2], results["default"][:2], strict=True):
+        torch.testing.assert_close(own, default, atol=0, rtol=0)
+    assert results["own"][2].keys() == results["default"][2].keys()
+    for name, tensor in results["own"][2].items():
+        torch.testing.assert_close(tensor, results["default"][2][name], atol=0, rtol=0, msg=name)

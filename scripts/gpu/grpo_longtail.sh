@@ -7,6 +7,9 @@
 #   MPS=1 ... async ...                               # the same under an MPS daemon of its own. Untested: the one
 #                                                     # call that tried it (after install and `sync` in the same
 #                                                     # command) lost the machine, cause unknown; try it alone
+#   NEW_TOKENS=2048 ... async STEPS generator.in_process=true trainer.cuda_stream=own
+#                                                     # one process: the engine's kernels (producer thread, default
+#                                                     # stream) beside the trainer's (its own stream), no time-slicing
 #   bash scripts/gpu/grpo_longtail.sh trl ROUNDS      # TRL's GRPOTrainer + vLLM colocate, the same round (.whl/trl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}

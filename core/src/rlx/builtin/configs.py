@@ -87,6 +87,12 @@ class FSDPTrainerConfig(BaseModel):
     logits_chunk_tokens: int = Field(
         1024, gt=0, description="tokens per LM-head chunk: bounds the (tokens, vocab) fp32 logits held at once"
     )
+    cuda_stream: Literal["default", "own"] = Field(
+        "default",
+        description="own: the trainer's kernels go to a CUDA stream of its own, so that a generator in this process "
+        "(another thread, the default stream: asynchronous GRPO with generator.in_process on one GPU) can run its "
+        "kernels beside them instead of queueing behind them. No effect on CPU",
+    )
 
     @model_validator(mode="after")
     def _budgets_go_together(self) -> FSDPTrainerConfig:

@@ -8,6 +8,7 @@ unpadded and packed into token-budget micro-batches (`rlx.builtin.fsdp_batches`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -113,6 +114,9 @@ class FSDPTrainer:
         self.compiled = config.compile is True or (config.compile == "auto" and self.device.type == "cuda")
         if self.packed and config.attention in VARLEN_NAMES:
             register_varlen_attention()
+        #: trainer.cuda_stream=own: where logprobs/train_step/named_weights queue their kernels
+        own_stream = config.cuda_stream == "own" and self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if own_stream else None
         self.policy = self._build_model(trainable=True)
         self.reference = self._build_model(trainable=False) if with_reference else None
         self.optimizer = torch.optim.AdamW(
@@ -244,6 +248,27 @@ class FSDPTrainer:
             micro.attention_kwargs,
         )
 
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        """Queue this block's kernels on the trainer's own stream (trainer.cuda_stream=own), after what the caller's
+        stream has queued; a no-op otherwise. logprobs and train_step end in a host copy of their results, so their
+        work is done when they return."""
+        if self.stream is None:
+            yield
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            yield
+
+    def _hand_over(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor made on the trainer's own stream, made safe to use on the caller's: that stream waits for it, and
+        its memory is not reused before the work the caller queues on it is done."""
+        if self.stream is not None:
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_stream(self.stream)
+            tensor.record_stream(consumer)
+        return tensor
+
     def _hf(self, root: PolicyLogprobs) -> torch.nn.Module:
         return root.hf
 
@@ -261,7 +286,7 @@ class FSDPTrainer:
     def logprobs(self, batch: TokenBatch, *, temperature: float = 1.0, reference: bool = False) -> torch.Tensor:
         """(B, T) float32 on CPU: log p(input_ids[b, t] | input_ids[b, :t]) on logits / temperature,
         0 outside completion_mask."""
-        with cpu_threads(self.device, self.config.cpu_threads):
+        with cpu_threads(self.device, self.config.cpu_threads), self._on_stream():
             return self._logprobs(batch, temperature=temperature, reference=reference)
 
     def _logprobs(self, batch: TokenBatch, *, temperature: float, reference: bool) -> torch.Tensor:
@@ -284,7 +309,7 @@ class FSDPTrainer:
     def train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float = 1.0) -> dict[str, float]:
         """One AdamW step on `batch`; returns loss, grad_norm, lr, entropy and loss_fn's metrics, each
         summed over micro-batches and ranks (so loss_weights-weighted means)."""
-        with cpu_threads(self.device, self.config.cpu_threads):
+        with cpu_threads(self.device, self.config.cpu_threads), self._on_stream():
             return self._train_step(batch, loss_fn, temperature=temperature)
 
     def _train_step(self, batch: TrainBatch, loss_fn: PolicyLossFn, *, temperature: float) -> dict[str, float]:
@@ -353,8 +378,10 @@ class FSDPTrainer:
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            full = value.full_tensor() if isinstance(value, DTensor) else value
-            yield name, full.detach().to(self.compute_dtype)
+            with self._on_stream():
+                full = value.full_tensor() if isinstance(value, DTensor) else value
+                full = full.detach().to(self.compute_dtype)
+            yield name, self._hand_over(full)
 
     def save_checkpoint(self, path: str) -> None:
         """Sharded DCP checkpoint (model + optimizer) + LR schedule and step counter, written to
