@@ -51,7 +51,7 @@ from rich.table import Table
 
 from rlx import hookimpl
 from rlx.config import build_config
-from rlx.generation import as_streaming, push_weights
+from rlx.generation import as_streaming, can_drop_weights_on_sleep, push_weights, sleep_before_weight_push
 from rlx.interfaces import (
     Completion,
     GenerationRequest,
@@ -173,8 +173,15 @@ class LongTailGenerator:
     def update_weights(self, weights: NamedTensors, version: int | None = None) -> None:
         push_weights(self.streaming, weights, version)
 
-    def sleep(self) -> None:
-        self.streaming.sleep()
+    @property
+    def can_drop_weights_on_sleep(self) -> bool:
+        return can_drop_weights_on_sleep(self.streaming)
+
+    def sleep(self, drop_weights: bool = False) -> None:
+        if drop_weights:
+            sleep_before_weight_push(self.streaming)
+        else:
+            self.streaming.sleep()
 
     def wake_up(self) -> None:
         self.streaming.wake_up()

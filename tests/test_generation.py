@@ -16,9 +16,11 @@ from rlx.generation import (
     SeedStream,
     WeightPushGuard,
     as_streaming,
+    can_drop_weights_on_sleep,
     check_requests,
     push_weights,
     sample_seeds,
+    sleep_before_weight_push,
     special_tokens,
     takes_version,
 )
@@ -64,6 +66,19 @@ class OldStyleGenerator:
     def wake_up(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class DroppingGenerator(OldStyleGenerator):
+    """Declares the optional capability: `sleep(drop_weights=True)`."""
+
+    can_drop_weights_on_sleep = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[bool] = []
+
+    def sleep(self, drop_weights: bool = False) -> None:
+        self.sleeps.append(drop_weights)
 
 
 def _request(request_id: str, first_token: int, **params: object) -> GenerationRequest:
@@ -164,6 +179,31 @@ def test_the_adapter_refuses_to_serve_after_an_incomplete_push() -> None:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def test_sleep_before_a_push_drops_the_weights_only_where_the_generator_declares_it() -> None:
+    dropping = DroppingGenerator()
+    sleep_before_weight_push(dropping)
+    assert dropping.sleeps == [True]
+
+    class Truthy(OldStyleGenerator):
+        can_drop_weights_on_sleep = "yes"  # not True: a plain sleep (which takes no keyword here)
+
+    for plain in (OldStyleGenerator(), Truthy()):
+        assert not can_drop_weights_on_sleep(plain)
+        sleep_before_weight_push(plain)  # OldStyleGenerator.sleep() takes no keyword: one would raise TypeError
+
+
+def test_the_adapter_forwards_the_drop_weights_capability_and_keyword() -> None:
+    dropping = DroppingGenerator()
+    adapter = BatchStreamingAdapter(dropping)
+    assert adapter.can_drop_weights_on_sleep and can_drop_weights_on_sleep(adapter)
+    sleep_before_weight_push(adapter)
+    adapter.sleep()
+    assert dropping.sleeps == [True, False]
+    plain = BatchStreamingAdapter(OldStyleGenerator())
+    assert not plain.can_drop_weights_on_sleep
+    plain.sleep(drop_weights=True)  # a plain sleep on a generator without the capability
 
 
 def test_check_requests_names_the_bad_request() -> None:

@@ -121,6 +121,36 @@ class FakeGenerator:
         pass
 
 
+class DroppingGenerator(FakeGenerator):
+    """Declares `can_drop_weights_on_sleep`: after `sleep(drop_weights=True)` it refuses to wake or generate until
+    a push, as the contract asks; `pushes` counts the pushes."""
+
+    can_drop_weights_on_sleep = True
+
+    def __init__(self):
+        super().__init__()
+        self.dropped = False
+        self.pushes = 0
+
+    def generate(self, prompts, params):
+        assert not self.dropped, "generate after the weights were dropped, without a push"
+        return super().generate(prompts, params)
+
+    def update_weights(self, weights):
+        super().update_weights(weights)
+        self.events.append("push")
+        self.pushes += 1
+        self.dropped = False
+
+    def wake_up(self):
+        assert not self.dropped, "wake_up after the weights were dropped, without a push"
+        super().wake_up()
+
+    def sleep(self, drop_weights=False):
+        self.events.append("sleep(drop_weights)" if drop_weights else "sleep")
+        self.dropped = self.dropped or drop_weights
+
+
 class FakeEnv:
     def problems(self, split):
         return PROBLEMS
@@ -161,8 +191,10 @@ def _grpo(**kw) -> GRPOConfig:
     return GRPOConfig.model_validate({**base, **kw})
 
 
-def _producer(grpo: GRPOConfig, seed: int = 0) -> tuple[RolloutProducer, DataCursor, FakeGenerator]:
-    gen = FakeGenerator()
+def _producer(
+    grpo: GRPOConfig, seed: int = 0, generator: type[FakeGenerator] = FakeGenerator
+) -> tuple[RolloutProducer, DataCursor, FakeGenerator]:
+    gen = generator()
     cursor = DataCursor(len(PROBLEMS), seed)
     return RolloutProducer(RolloutCollector(gen, FakeEnv(), FakeEncoder()), cursor, PROBLEMS, grpo), cursor, gen
 
@@ -205,6 +237,20 @@ def test_dynamic_sampling_refills_until_full_and_the_cursor_resumes_exactly():
     again = resumed.produce(step_seed=6)
     assert [[s.problem.id for s in g] for g in again.drawn] == [[s.problem.id for s in g] for g in nxt.drawn]
     assert torch.equal(again.rewards, nxt.rewards)
+
+
+@pytest.mark.parametrize("dynamic_sampling", [False, True])
+def test_the_producer_drops_the_weights_at_sleep_only_on_a_generator_that_can(dynamic_sampling):
+    # dynamic sampling with 5 rounds: the refills end before the last round, so the sleep after the loop is the one
+    grpo = _grpo(dynamic_sampling={"enabled": dynamic_sampling, "max_rounds": 5})
+    producer, _, gen = _producer(grpo, generator=DroppingGenerator)
+    producer.produce(step_seed=5)
+    assert gen.events[0] == "wake_up" and gen.events[-1] == "sleep(drop_weights)"
+    assert gen.events.count("sleep(drop_weights)") == 1 and "sleep" not in gen.events
+    assert (1 < len(gen.calls) < 5) if dynamic_sampling else len(gen.calls) == 1
+    producer, _, plain = _producer(grpo)  # FakeGenerator.sleep takes no argument: a keyword would raise
+    producer.produce(step_seed=5)
+    assert plain.events[-1] == "sleep" and plain.events.count("sleep") == 1
 
 
 def test_dynamic_sampling_stops_after_max_rounds_and_trains_on_what_it_kept():
@@ -264,6 +310,23 @@ def test_step_with_no_informative_group_trains_nothing():
     m = loop.run_step().metrics
     assert trainer.batches == [] and m["dynamic_sampling/kept_groups"] == 0 and m["reward/mean"] == 1.0
     assert not any(k.startswith("train/") for k in m) and loop.step == 1
+
+
+@pytest.mark.parametrize("only_all", [False, True])
+def test_steps_on_a_generator_that_drops_its_weights_push_after_every_sleep(only_all):
+    # only_all: dynamic sampling keeps no group, nothing is trained, and the push must still follow the sleep
+    problems = [p for p in PROBLEMS if p.answer == "all"] if only_all else PROBLEMS
+    grpo = _grpo(dynamic_sampling={"enabled": True, "max_rounds": 2})
+    gen = DroppingGenerator()
+    loop = GRPOLoop(
+        gen, FakeTrainer(), FakeEnv(), FakeEncoder(), grpo, ValidationConfig(), 0, problems, val_problems=problems[:2]
+    )
+    for step in (1, 2, 3):
+        assert loop.run_step().step == step
+        assert gen.events[-2:] == ["sleep(drop_weights)", "push"] and gen.pushes == step
+    gen.events.clear()
+    assert loop.validate()["val/accuracy"] >= 0  # no push follows validation: a plain sleep, the weights kept
+    assert gen.events == ["wake_up", "generate", "sleep"] and not gen.dropped
 
 
 class ForwardTrainer(FakeTrainer):

@@ -17,9 +17,10 @@ pytest.importorskip("ray", reason="rlx.cluster.ray needs ray installed: pip inst
 
 from rlx.cluster.base import free_port  # noqa: E402
 from rlx.cluster.broadcast import ALIGN_BYTES, BroadcastSpec, WeightBroadcast, layout_of, pack, unpack  # noqa: E402
+from rlx.cluster.ray.generator import RayGeneratorPool  # noqa: E402
 from rlx.cluster.ray.placement import weight_transport  # noqa: E402
 from rlx.cluster.ray.pool import StepClock  # noqa: E402
-from rlx.cluster.ray.replica import PushAborted, ReplicaWeights  # noqa: E402
+from rlx.cluster.ray.replica import GeneratorActor, PushAborted, ReplicaWeights  # noqa: E402
 from rlx.config import ClusterConfig  # noqa: E402
 from rlx.errors import ConfigError, WeightPushIncompleteError  # noqa: E402
 
@@ -190,6 +191,47 @@ def test_push_whose_update_weights_raises_leaves_the_replica_refusing() -> None:
     assert weights.version is None
     with pytest.raises(RuntimeError, match="outside a push"):
         ReplicaWeights(generator, "generator replica 0").load([("a", torch.zeros(1))])
+
+
+class DroppingGenerator:
+    can_drop_weights_on_sleep = True
+
+    def __init__(self) -> None:
+        self.sleeps: list[bool] = []
+
+    def sleep(self, drop_weights: bool = False) -> None:
+        self.sleeps.append(drop_weights)
+
+
+class KeepingGenerator:
+    def __init__(self) -> None:
+        self.sleeps = 0
+
+    def sleep(self) -> None:
+        self.sleeps += 1
+
+
+def test_replicas_and_the_pool_forward_the_drop_weights_capability_and_keyword() -> None:
+    actors = [object.__new__(GeneratorActor) for _ in range(2)]
+    actors[0].generator, actors[1].generator = DroppingGenerator(), KeepingGenerator()
+    for actor in actors:
+        actor.sleep(drop_weights=True)
+        actor.sleep()
+    assert actors[0].generator.sleeps == [True, False] and actors[1].generator.sleeps == 2
+    assert [actor.can_drop_weights_on_sleep() for actor in actors] == [True, False]
+
+    class Pool:  # ActorPool.call_all, on the two actors in this process
+        def call_all(self, call, **kwargs):  # noqa: ANN001, ANN201, ANN003
+            return [getattr(actor, call)(**kwargs) for actor in self.actors]
+
+    pool = object.__new__(RayGeneratorPool)
+    pool.pool, pool._can_drop_weights = Pool(), None
+    pool.pool.actors = actors
+    assert not pool.can_drop_weights_on_sleep  # one replica cannot
+    pool.pool.actors, pool._can_drop_weights = actors[:1], None
+    assert pool.can_drop_weights_on_sleep
+    pool.sleep(drop_weights=True)
+    assert actors[0].generator.sleeps == [True, False, True]
 
 
 def test_step_clock_names_the_step_from_the_pushed_version() -> None:

@@ -111,7 +111,15 @@ class Generator(Protocol):
         ...
 
     def sleep(self) -> None:
-        """Release accelerator memory (weights and KV cache) while the trainer trains; no-op where none."""
+        """Release accelerator memory (weights and KV cache) while the trainer trains; no-op where none. The weights
+        are kept (e.g. in host memory): after `wake_up` the generator samples as before.
+
+        Optional capability: a generator whose class or instance sets `can_drop_weights_on_sleep = True` also takes
+        `sleep(drop_weights=True)`, a promise from the caller that a complete `update_weights` comes before the next
+        `wake_up`/`generate`/`submit`, so it may discard its weights instead of keeping them (vLLM's sleep level 2).
+        Until such a push completes it must refuse to wake or sample (a clear error, never garbage). The loop asks
+        for it through `rlx.generation.sleep_before_weight_push`; generators without the attribute get `sleep()`.
+        """
         ...
 
     def wake_up(self) -> None:

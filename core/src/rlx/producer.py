@@ -17,6 +17,7 @@ import torch
 
 from rlx.config import GRPOConfig
 from rlx.data import DataCursor
+from rlx.generation import sleep_before_weight_push
 from rlx.grpo.rewards import informative_group, overlong_penalty
 from rlx.interfaces import Problem
 from rlx.metrics import timed
@@ -57,6 +58,8 @@ class RolloutProducer:
     cursor is checkpointed after the step, so a resumed run draws the same prompts: refills included).
 
     keep_awake: never put the generator to sleep (the asynchronous producer keeps it resident beside the trainer).
+    The synchronous loop pushes every weight after each `produce` (whether or not a group was kept), so the sleep
+    here is `sleep_before_weight_push`: a generator that can discards its weights instead of keeping them.
     """
 
     def __init__(self, collector: RolloutCollector, cursor: DataCursor, problems: Sequence[Problem],
@@ -97,7 +100,7 @@ class RolloutProducer:
             last_round = round_index == rounds - 1
             if last_round and not self.keep_awake:  # nothing more to generate: give the accelerator back first
                 with timed(timings, "time/sleep"):
-                    generator.sleep()
+                    sleep_before_weight_push(generator)
             with timed(timings, "time/score"):
                 groups = self.collector.score(problems, completions)
             env_metrics = environment_metrics(self.collector.env)
@@ -115,7 +118,7 @@ class RolloutProducer:
             done_rounds += 1
         if not last_round and not self.keep_awake:
             with timed(timings, "time/sleep"):
-                generator.sleep()
+                sleep_before_weight_push(generator)
 
         trained = kept[:target]
         if len(trained) < target and not self._warned_short:  # once: the metric dynamic_sampling/short_groups says the rest

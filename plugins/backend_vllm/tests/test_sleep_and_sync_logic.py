@@ -71,9 +71,12 @@ class RecordingEngine:
 
 
 class RecordingLLM:
+    """`unloaded`: the parameter names the worker reports a reload did not reach (None: it cannot tell)."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.llm_engine = RecordingEngine(self.calls)
+        self.unloaded: list[str] | None = None
 
     def sleep(self, level: int = 1) -> None:
         self.calls.append(("sleep", level))
@@ -89,6 +92,7 @@ class RecordingLLM:
         if method == "rlx_reload_weights":
             names = [name for name, _ in args[0]]  # consume the stream, as the worker does
             self.calls.append((method, tuple(names)))
+            return [self.unloaded]
         elif method == "rlx_load_bucket":
             metadata, payload = args
             flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
@@ -99,15 +103,17 @@ class RecordingLLM:
             self.calls.append((method, tuple(name for name, _ in unpack_bucket(metadata, flat))))
         else:
             self.calls.append((method,))
+            if method == "rlx_finish_reload":
+                return [self.unloaded]
         return [None]
 
 
 def _generator(
-    weight_sync: WeightSync = "direct", sleep_enabled: bool = True, bucket_mb: int = 1
+    weight_sync: WeightSync = "direct", sleep_enabled: bool = True, bucket_mb: int = 1, drop_weights: bool = True
 ) -> tuple[VLLMGenerator, RecordingLLM]:
     generator = object.__new__(VLLMGenerator)
     llm = RecordingLLM()
-    generator.config = VLLMConfig(weight_bucket_mb=bucket_mb)
+    generator.config = VLLMConfig(weight_bucket_mb=bucket_mb, drop_weights_before_push=drop_weights)
     generator.llm = llm  # type: ignore[assignment]
     generator.sleep_enabled = sleep_enabled
     generator.weight_sync = weight_sync
@@ -251,3 +257,108 @@ def test_weight_version_spans_become_the_policy_version_and_switches() -> None:
     assert completion.policy_version is None and completion.version_switches == ((2, 5), (3, 6))
     assert completion.token_versions() == (None, None, 5, 6, 6)
     assert to_completion(FakeOutput([1, 2]), version=9).policy_version == 9  # a vLLM without spans
+
+
+# ------------------------------------------------------------------------------------------ sleep before a push
+
+
+def test_sleep_before_a_push_discards_the_weights_and_a_plain_sleep_keeps_them() -> None:
+    generator, llm = _generator()
+    assert generator.can_drop_weights_on_sleep
+    generator.sleep(drop_weights=True)
+    assert llm.calls == [("sleep", 2)] and generator.weights_dropped
+    plain, plain_llm = _generator()
+    plain.sleep()
+    assert plain_llm.calls == [("sleep", 1)] and not plain.weights_dropped
+
+
+@pytest.mark.parametrize(("drop_weights", "sleep_enabled"), [(False, True), (True, False)])
+def test_without_the_option_or_sleep_mode_a_sleep_before_a_push_keeps_the_weights(
+    drop_weights: bool, sleep_enabled: bool
+) -> None:
+    generator, llm = _generator(drop_weights=drop_weights, sleep_enabled=sleep_enabled)
+    assert not generator.can_drop_weights_on_sleep
+    generator.sleep(drop_weights=True)
+    generator.wake_up()  # the weights were kept: nothing to refuse
+    assert llm.calls == ([("sleep", 1), ("wake_up", ("weights",)), ("wake_up", ("kv_cache",))] if sleep_enabled else [])
+    assert not generator.weights_dropped
+
+
+def test_after_dropping_the_weights_wake_up_and_sampling_refuse_until_a_push() -> None:
+    generator, llm = _generator()
+    generator.sleep(drop_weights=True)
+    for call in (
+        generator.wake_up,
+        lambda: generator.generate([[1, 2]], SamplingParams(max_new_tokens=2)),
+        lambda: _submit(generator, "a"),
+    ):
+        with pytest.raises(RuntimeError, match="discarded at sleep.*no weight push has completed.*update_weights"):
+            call()
+    assert llm.calls == [("sleep", 2)]  # nothing woken, nothing added to the engine
+    assert generator.num_pending() == 0
+
+
+def test_a_push_after_dropping_wakes_the_weights_loads_and_serves_again() -> None:
+    generator, llm = _generator()
+    generator.sleep(drop_weights=True)
+    llm.unloaded = []  # the workers report every parameter reloaded
+    generator.update_weights(iter(_weights(count=2)), version=1)
+    assert llm.calls == [
+        ("sleep", 2),
+        ("wake_up", ("weights",)),
+        ("rlx_reload_weights", ("layer0.weight", "layer1.weight")),
+        ("reset_prefix_cache",),
+    ]
+    assert not generator.weights_dropped and generator.asleep == {"kv_cache"}
+    generator.wake_up()
+    assert generator.generate([[1, 2]], SamplingParams(max_new_tokens=2))[0][0].policy_version == 1
+    # the second cycle: discard again, push again, serve
+    llm.calls.clear()
+    generator.sleep(drop_weights=True)
+    with pytest.raises(RuntimeError, match="discarded at sleep"):
+        generator.wake_up()
+    generator.update_weights(iter(_weights(count=1)), version=2)
+    generator.wake_up()
+    assert [c[0] for c in llm.calls] == ["sleep", "wake_up", "rlx_reload_weights", "reset_prefix_cache", "wake_up"]
+    assert llm.calls[0] == ("sleep", 2) and generator.asleep == set()
+    assert generator.generate([[1, 2]], SamplingParams(max_new_tokens=2))[0][0].policy_version == 2
+
+
+class _BrokenStream(Exception):
+    pass
+
+
+def _failing_weights() -> Any:
+    yield _weights(count=1)[0]
+    raise _BrokenStream("the trainer's stream broke")
+
+
+@pytest.mark.parametrize("weight_sync", ["direct", "rpc"])
+def test_a_failed_or_partial_push_after_dropping_leaves_the_generator_refusing(weight_sync: WeightSync) -> None:
+    generator, llm = _generator(weight_sync)
+    generator.sleep(drop_weights=True)
+    with pytest.raises(_BrokenStream):
+        generator.update_weights(_failing_weights(), version=1)
+    assert generator.weights_dropped and ("wake_up", ("weights",)) in llm.calls
+    with pytest.raises(RuntimeError, match="discarded at sleep"):
+        generator.wake_up()
+    # a push that completes but leaves parameters unloaded: their memory is garbage
+    llm.unloaded = ["model.norm.weight"]
+    with pytest.raises(RuntimeError, match=r"did not reach 1 parameter\(s\) \(e.g. model.norm.weight\)"):
+        generator.update_weights(iter(_weights(count=1)), version=1)
+    assert generator.weights_dropped
+    with pytest.raises(RuntimeError, match="discarded at sleep"):
+        generator.wake_up()
+    llm.unloaded = []
+    generator.update_weights(iter(_weights(count=1)), version=1)
+    generator.wake_up()
+    assert not generator.weights_dropped and generator.asleep == set()
+
+
+def test_unloaded_parameters_do_not_fail_a_push_while_the_weights_were_kept() -> None:
+    generator, llm = _generator()
+    llm.unloaded = ["model.norm.weight"]  # level 1 kept them: vLLM itself only logs this
+    generator.sleep()
+    generator.update_weights(iter(_weights(count=1)), version=1)
+    generator.wake_up()
+    assert generator.asleep == set()

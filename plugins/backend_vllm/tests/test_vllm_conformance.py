@@ -83,6 +83,23 @@ class TestVLLMGenerator(GeneratorConformance):
         with pytest.raises(ValueError, match="max_model_len"):
             generator.generate([[1] * 600], SamplingParams(max_new_tokens=4))
 
+    @pytest.mark.parametrize("weight_sync", ["direct", "rpc"])
+    def test_a_reload_reports_the_parameters_it_did_not_reach(
+        self, generator: Generator, tiny_models: TinyModels, weight_sync: str
+    ) -> None:
+        """What a push after a sleep that discarded the weights is checked with (here without sleeping: CPU)."""
+        generator.weight_sync = weight_sync  # type: ignore[attr-defined]
+        try:
+            assert generator._load(iter_safetensors(tiny_models.base)) == [[]]  # type: ignore[attr-defined]
+            partial = (pair for pair in iter_safetensors(tiny_models.base) if pair[0] != "model.norm.weight")
+            assert generator._load(partial) == [["model.norm.weight"]]  # type: ignore[attr-defined]
+        finally:
+            self._push(generator, tiny_models.base)
+            generator.weight_sync = "direct"  # type: ignore[attr-defined]
+        # nothing here refuses level 2 (a plain, unquantized text model), though CPU has no sleep mode to use it
+        assert generator.llm.collective_rpc("rlx_cannot_drop_weights") == [None]  # type: ignore[attr-defined]
+        assert not generator.can_drop_weights_on_sleep  # type: ignore[attr-defined]
+
     def test_sleep_is_a_no_op_on_cpu(self, generator: Generator) -> None:
         generator.sleep()
         assert generator.asleep == set()  # type: ignore[attr-defined]
@@ -99,6 +116,24 @@ def test_sleep_mode_on_cpu_is_a_config_error(tiny_models_dir: str) -> None:
         pytest.skip("checks the CPU build's refusal of sleep mode")
     with pytest.raises(ConfigError, match="enable_sleep_mode needs CUDA"):
         VLLMGenerator(_config(enable_sleep_mode=True), model=ModelSpec(tiny_models_dir), seed=0)
+
+
+def test_a_reload_of_a_tied_embedding_model_reaches_every_parameter(tmp_path) -> None:  # noqa: ANN001
+    """Tied embeddings (Qwen2.5-0.5B/1.5B): vLLM shares lm_head with embed_tokens and skips lm_head.weight at load;
+    the check must see the shared parameter loaded once, from either name."""
+    from rlx.testing import make_tiny_model
+    from rlx_vllm.generator import VLLMGenerator
+
+    path = make_tiny_model(tmp_path / "tied", tie_word_embeddings=True, max_position_embeddings=512)
+    generator = VLLMGenerator(_config(), model=ModelSpec(path, max_seq_len=512), seed=0)
+    try:
+        names = [name for name, _ in iter_safetensors(path)]
+        assert "lm_head.weight" not in names  # HF saves the tied weight once
+        assert generator._load(iter_safetensors(path)) == [[]]
+        embed = dict(iter_safetensors(path))["model.embed_tokens.weight"]
+        assert generator._load(iter([*iter_safetensors(path), ("lm_head.weight", embed)])) == [[]]  # both names
+    finally:
+        generator.close()
 
 
 @pytest.fixture

