@@ -4,6 +4,7 @@ beside a plain-HF training loop on the same real tokens in the same process.
     python benchmarks/trainer_throughput.py --table --out results.json             # the whole table (one GPU)
     python benchmarks/trainer_throughput.py --lengths longtail --anchor hf         # 64 long-tailed rollouts
     python benchmarks/trainer_throughput.py --tiny --lengths longtail --out r.json # CPU smoke test
+    python benchmarks/trainer_throughput.py --lengths longtail --profile --out r.json  # + where the time goes
 
 Workloads: `uniform` (--batch rows of --seq-len tokens, the first eighth prompt) and `longtail` (--batch rollouts:
 prompt 64-320 tokens, response lognormal with median 2.5K and sigma 0.8, capped at the --seq-len context; seeded;
