@@ -71,3 +71,38 @@ def test_cuda_ipc_push_to_an_engine_in_another_process(tmp_path_factory: pytest.
         assert max(max(m) for m in margins) <= 1e-2  # CUDA fp32 against the HF model on CPU
     finally:
         generator.close()
+
+
+def test_sleep_that_drops_the_weights_then_a_full_push_samples_as_before(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Sleep mode on CUDA, in process (the colocated loop's engine): a level-2 sleep (weights discarded) refuses to wake
+    until a push, and after a full push greedy samples are those of a level-1 cycle (weights kept) and of the start."""
+    from rlx.generation import sleep_before_weight_push
+    from rlx.testing.fixtures import session_tiny_models
+    from rlx_vllm.generator import VLLMGenerator
+    from rlx_vllm.plugin import VLLMConfig
+
+    models = session_tiny_models(tmp_path_factory)
+    config = VLLMConfig(gpu_memory_utilization=0.2, enable_sleep_mode=True, enforce_eager=True, max_num_seqs=8)
+    generator = VLLMGenerator(config, model=ModelSpec(models.base, dtype="float32", max_seq_len=256), seed=0)
+    prompts = [[1, 5, 6, 7, 8, 9], [2, 9, 4]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    try:
+        assert generator.can_drop_weights_on_sleep
+        before = generator.generate(prompts, params)
+        generator.sleep()  # level 1: kept on the host
+        generator.wake_up()
+        assert generator.generate(prompts, params) == before
+        for weights in (models.other, models.base):  # drop, push, sample: twice
+            sleep_before_weight_push(generator)
+            assert generator.weights_dropped
+            with pytest.raises(RuntimeError, match="discarded"):
+                generator.wake_up()
+            generator.update_weights(iter([(n, t.cuda()) for n, t in iter_safetensors(weights)]))
+            assert not generator.weights_dropped
+            generator.wake_up()
+            after = generator.generate(prompts, params)
+            assert (after == before) is (weights == models.base)
+    finally:
+        generator.close()
