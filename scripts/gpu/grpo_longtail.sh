@@ -10,6 +10,7 @@
 #   NEW_TOKENS=2048 ... async STEPS generator.in_process=true trainer.cuda_stream=own
 #                                                     # one process: the engine's kernels (producer thread, default
 #                                                     # stream) beside the trainer's (its own stream), no time-slicing
+#   bash scripts/gpu/grpo_longtail.sh tests -         # the trainer's and the vLLM generator's GPU tests
 #   bash scripts/gpu/grpo_longtail.sh trl ROUNDS      # TRL's GRPOTrainer + vLLM colocate, the same round (.whl/trl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -37,6 +38,11 @@ if [ "${MPS:-0}" = 1 ]; then  # an MPS daemon of this run only (private folders)
   export CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
   nvidia-cuda-mps-control -d || { echo "MPS daemon did not start" >&2; exit 1; }
   trap 'echo quit | nvidia-cuda-mps-control; cat "$CUDA_MPS_LOG_DIRECTORY"/control.log > "$OUT/mps.log" 2>/dev/null' EXIT
+fi
+if [ "$mode" = tests ]; then  # the GPU tests of the trainer and the vLLM generator (pytest is in the image)
+  python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fsdp_trainer_gpu.py plugins/backend_vllm/tests/test_vllm_gpu.py \
+    "$@" 2>&1 | tee "$OUT/gpu_tests.log"
+  exit 0
 fi
 if [ "$mode" = trl ]; then  # TRL 1.16 on the same round (benchmarks/trl_grpo_step.py)
   python3 benchmarks/trl_grpo_step.py --rounds "$steps" --out "$OUT/trl.json" "$@" 2>&1 \
