@@ -30,6 +30,7 @@ and writes JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import math
@@ -118,6 +119,39 @@ class EngineStepTimer:
         steps, seconds = self.steps - self._seen[0], self.seconds - self._seen[1]
         self._seen = (self.steps, self.seconds)
         return {"gen/engine_steps": float(steps), "gen/engine_s": seconds}
+
+
+class GcTimer:
+    """Python's garbage-collector pauses in this process (`gc.callbacks`): a full collection over the trainer's and an
+    in-process engine's objects stops every thread, the engine's step loop too, so it is one suspect when generate
+    times vary for the same tokens. `take()`: collections and seconds since the last call, by generation."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._seen: tuple[list[int], list[float]] = ([0, 0, 0], [0.0, 0.0, 0.0])
+        self._started: float | None = None
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            generation = int(info.get("generation", 2))
+            self.count[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._started
+            self._started = None
+
+    def take(self) -> dict[str, float]:
+        counts, seconds = self._seen
+        out = {"host/gc_s": sum(self.seconds) - sum(seconds), "host/gc_full_s": self.seconds[2] - seconds[2],
+               "host/gc_full": float(self.count[2] - counts[2])}  # fmt: skip
+        self._seen = (list(self.count), list(self.seconds))
+        return out
+
+    def close(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
 
 
 class LongTailGenerator:
@@ -246,8 +280,8 @@ def build_model(folder: Path, tiny: bool) -> str:
     return str(folder)
 
 
-PHASES = ["time/generate", "gen/engine_s", "time/score", "time/logprobs", "time/train", "time/weight_sync", "time/sleep",
-          "time/wake_up", "time/wait_rollouts"]
+PHASES = ["time/generate", "gen/engine_s", "host/gc_s", "time/score", "time/logprobs", "time/train", "time/weight_sync",
+          "time/sleep", "time/wake_up", "time/wait_rollouts"]
 
 
 def staleness_values(text: str) -> list[int]:
@@ -290,6 +324,7 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
     tokenizer = load_tokenizer(spec)
     generator = components.generator
     engine_timer = EngineStepTimer(generator)
+    gc_timer = GcTimer()
     if args.lengths == "longtail":
         generator = LongTailGenerator(generator, seed=cfg.seed)
     loop = GRPOLoop(generator=generator, trainer=components.trainer, env=env,
@@ -306,10 +341,11 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
             m = dict(result.metrics)
             m.update({"wall/step": wall, "completion_tokens": float(sum(lengths)),
                       "completion_tokens_per_s": sum(lengths) / wall, "length/max": float(max(lengths)),
-                      "length/median": float(statistics.median(lengths)), **engine_timer.take()})
+                      "length/median": float(statistics.median(lengths)), **engine_timer.take(), **gc_timer.take()})
             rows.append(m)
             console.print(f"max_staleness {max_staleness}, step {result.step}: {wall:.2f}s, {sum(lengths)} tokens")
     finally:
+        gc_timer.close()
         loop.close()  # the asynchronous producer stops before the generator closes
         components.close()
     return {"max_staleness": max_staleness, "build_s": build_s, "steps": rows}

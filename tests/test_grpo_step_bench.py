@@ -148,3 +148,18 @@ def test_engine_step_timer_splits_generate_into_engine_steps(bench):
     generator._step()
     assert timer.take()["gen/engine_steps"] == 1.0  # counts since the last take
     assert bench.EngineStepTimer(FakeGenerator()).take() == {}  # a generator without engine steps: nothing
+
+
+def test_gc_timer_counts_the_collections_of_each_step(bench):
+    import gc
+
+    timer = bench.GcTimer()
+    try:
+        timer.take()
+        gc.collect()  # a full collection
+        first = timer.take()
+        assert first["host/gc_full"] >= 1 and first["host/gc_full_s"] > 0 and first["host/gc_s"] >= first["host/gc_full_s"]
+        assert timer.take()["host/gc_full"] == 0  # counts since the last take
+    finally:
+        timer.close()
+    assert timer._callback not in gc.callbacks
