@@ -435,3 +435,60 @@ def test_own_cuda_stream_is_accepted_and_a_no_op_on_cpu(tiny_path: str) -> None:
     torch.testing.assert_close(got[0], got[1], atol=0, rtol=0)
     with pytest.raises(ValidationError, match="cuda_stream"):
         FSDPTrainerConfig(cuda_stream="side")
+
+
+def test_selective_checkpointing_makes_the_same_update_recomputing_only_the_cheap_ops(tiny_path: str) -> None:
+    """trainer.activation_checkpointing=selective: the update of no checkpointing (fp32), with no matrix product or
+    attention run again in backward (full checkpointing reruns them), but the norms recomputed as full does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    products = {aten.mm.default, aten.addmm.default, aten.bmm.default}
+    attention = {aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts = {"products": 0, "attention": 0, "rsqrt": 0}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            key = "products" if func in products else "attention" if func in attention else (
+                "rsqrt" if func == aten.rsqrt.default else None)  # fmt: skip
+            if key:
+                self.counts[key] += 1
+            return func(*args, **(kwargs or {}))
+
+    batch = make_batch(6, seed=36)
+    weights, counts = {}, {}
+    for mode in (False, True, "selective"):
+        trainer = make_trainer(tiny_path, max_tokens_per_micro_batch=40, activation_checkpointing=mode, **EXACT)
+        try:
+            with Count() as counter:
+                trainer.train_step(batch, pg_loss)
+            counts[mode] = counter.counts
+            weights[mode] = weights_of(trainer)
+        finally:
+            trainer.close()
+    assert_same_weights(weights[False], weights["selective"])
+    assert_same_weights(weights[False], weights[True])
+    for kind in ("products", "attention"):
+        assert counts["selective"][kind] == counts[False][kind] < counts[True][kind], (kind, counts)
+    assert counts[False]["rsqrt"] < counts["selective"]["rsqrt"] == counts[True]["rsqrt"], counts
+    with pytest.raises(ValidationError, match="activation_checkpointing"):
+        FSDPTrainerConfig(activation_checkpointing="some")
+
+
+def test_selective_checkpointing_under_compilation_makes_the_eager_update(tiny_path: str) -> None:
+    """With trainer.compile the selective checkpoint sits inside each compiled layer (dynamo traces the policy): two
+    steps make the eager selective update (fp32, CPU inductor)."""
+    weights = []
+    for compile_option in (False, True):
+        trainer = make_trainer(tiny_path, max_tokens_per_micro_batch=40, activation_checkpointing="selective",
+                               compile=compile_option, **EXACT)  # fmt: skip
+        try:
+            for seed in (37, 38):
+                trainer.train_step(make_batch(6, seed=seed), pg_loss)
+            weights.append(weights_of(trainer))
+        finally:
+            trainer.close()
+    assert_same_weights(weights[0], weights[1], atol=1e-5)

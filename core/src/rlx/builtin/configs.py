@@ -77,7 +77,13 @@ class FSDPTrainerConfig(BaseModel):
     cpu_threads: int = Field(
         0, ge=0, description="torch intra-op threads for CPU training (0: leave torch's setting; 1 suits tiny models)"
     )
-    activation_checkpointing: bool = Field(False, description="recompute each decoder layer in backward")
+    activation_checkpointing: bool | Literal["selective"] = Field(
+        False,
+        description="true: recompute each decoder layer in backward (the least memory); selective: keep the outputs "
+        "of the layer's matrix products and attention, recompute only the cheap ops between them (norms, "
+        "activation, rotary embedding, residual adds: little extra compute, memory between the two); false: keep "
+        "every activation",
+    )
     reshard_after_forward: bool | Literal["auto"] = Field(
         "auto",
         description="free gathered layer weights after forward (ZeRO-3). False keeps them gathered (in the compute "

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 VARLEN_ATTENTION = "rlx_varlen"
 #: the same as "rlx_varlen", but always SDPA once per sequence (cuDNN/flash kernels per sequence on GPU)
@@ -281,13 +281,47 @@ def register_varlen_attention() -> None:
 # ------------------------------------------------------------------------------------------ decoder layers
 
 
-def checkpointed(forward: Any) -> Any:
-    """Wrap a decoder layer's forward so its activations are recomputed in backward (names unchanged)."""
+def _op_overloads(namespace: str, names: tuple[str, ...]) -> set[Any]:
+    """The overloads of the ops `torch.ops.<namespace>.<name>` that this torch has (others are skipped)."""
+    found = set()
+    for name in names:
+        try:
+            packet = getattr(getattr(torch.ops, namespace), name)
+        except (AttributeError, RuntimeError):
+            continue
+        found.update(getattr(packet, overload) for overload in packet.overloads())
+    return found
+
+
+#: what selective activation checkpointing keeps: the outputs of matrix products and attention kernels (the costly
+#: ops); everything else in a decoder layer is recomputed in backward
+SAVED_BY_SELECTIVE_CHECKPOINTING = frozenset(
+    _op_overloads("aten", ("mm", "addmm", "bmm", "baddbmm", "_scaled_mm", "_scaled_dot_product_flash_attention",
+                           "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+                           "_scaled_dot_product_cudnn_attention", "_flash_attention_forward",
+                           "_efficient_attention_forward", "_cudnn_attention_forward"))
+    | _op_overloads("torch_attn", ("_varlen_attn",))  # torch's FlashAttention varlen (rlx's `varlen` attention)
+)  # fmt: skip
+
+
+def _keep_products_and_attention(_ctx: Any, op: Any, *_args: Any, **_kwargs: Any) -> CheckpointPolicy:
+    if op in SAVED_BY_SELECTIVE_CHECKPOINTING:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def checkpointed(forward: Any, *, selective: bool = False) -> Any:
+    """Wrap a decoder layer's forward so its activations are recomputed in backward (names unchanged). selective:
+    torch's selective activation checkpointing, which keeps the outputs of matrix products and attention
+    (`SAVED_BY_SELECTIVE_CHECKPOINTING`) and recomputes the rest."""
+    options: dict[str, Any] = {}
+    if selective:
+        options["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_products_and_attention)
 
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
         if torch.is_grad_enabled():
-            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return checkpoint(forward, *args, use_reentrant=False, **options, **kwargs)
         return forward(*args, **kwargs)
 
     return run

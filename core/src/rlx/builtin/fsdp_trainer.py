@@ -171,10 +171,13 @@ class FSDPTrainer:
             mp_policy=mp_policy,
             reshard_after_forward=self.reshard_after_forward,
         )
+        checkpointing = self.config.activation_checkpointing if trainable else False
         for layer in decoder_layers(hf_model):
+            if checkpointing == "selective":  # inside the compiled function: dynamo traces the per-op policy
+                layer.forward = checkpointed(layer.forward, selective=True)
             if self.compiled:
                 layer.forward = torch.compile(layer.forward, dynamic=True)
-            if trainable and self.config.activation_checkpointing:
+            if checkpointing is True:
                 layer.forward = checkpointed(layer.forward)
             shard(layer)
         root = PolicyLogprobs(hf_model, self.config.logits_chunk_tokens, compile_head=self.compiled)
