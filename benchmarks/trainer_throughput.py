@@ -10,7 +10,8 @@ Workloads: `uniform` (--batch rows of --seq-len tokens, the first eighth prompt)
 prompt 64-320 tokens, response lognormal with median 2.5K and sigma 0.8, capped at the --seq-len context; seeded;
 with --tiny the lengths are scaled by seq_len / 8192). `--table` runs uniform 64 x 1024, longtail 64 @ 8K and
 uniform 8 x 8192 with packed micro-batches, the HF anchor on each, and memory rows (4 full-length sequences at
-8K, 16K and 24K: the DeepScaleR stages) with activation checkpointing and a budget of one 24K sequence.
+8K, 16K and 24K: the DeepScaleR stages) with a budget of one 24K sequence, under full activation checkpointing
+(rlx-ac) and selective (rlx-sac: matrix-product and attention outputs kept).
 
 Each row times `train_step` (forward + backward + AdamW, the GRPO loss) and `logprobs`; the median of --steps
 after --warmup. FLOPs: 6 * N per real token for training and 2 * N for logprobs (N: parameters in matrix products,
@@ -598,16 +599,18 @@ def main() -> None:
     if args.table and args.memory_contexts:
         longest = max(args.memory_contexts)
         budget = longest if not args.tiny else round(longest * scale)
-        memory_options = {**options, "max_tokens_per_micro_batch": budget,
-                          "logprob_max_tokens_per_micro_batch": 4 * budget, "activation_checkpointing": True}  # fmt: skip
-        trainer = build_trainer(ctx, budget, **memory_options)
-        try:
-            for context in args.memory_contexts:
-                workload = uniform(4, context if not args.tiny else round(context * scale))
-                guarded("rlx-ac", workload,
-                        lambda w=workload: rlx_row(ctx, trainer, w, "rlx-ac") | {"config": memory_options})  # fmt: skip
-        finally:
-            trainer.close()
+        for checkpointing, label in ((True, "rlx-ac"), ("selective", "rlx-sac")):  # full and selective
+            memory_options = {**options, "max_tokens_per_micro_batch": budget,
+                              "logprob_max_tokens_per_micro_batch": 4 * budget,
+                              "activation_checkpointing": checkpointing}  # fmt: skip
+            trainer = build_trainer(ctx, budget, **memory_options)
+            try:
+                for context in args.memory_contexts:
+                    workload = uniform(4, context if not args.tiny else round(context * scale))
+                    row = functools.partial(rlx_row, ctx, trainer, workload, label)
+                    guarded(label, workload, lambda row=row, mo=memory_options: row() | {"config": mo})
+            finally:
+                trainer.close()
 
     if args.attention_bench and device.type == "cuda":
         result["attention_bench"] = attention_bench(ctx, longtail(64, FULL_CONTEXT), args.max_tokens or 16384)
