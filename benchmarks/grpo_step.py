@@ -121,6 +121,13 @@ class EngineStepTimer:
         return {"gen/engine_steps": float(steps), "gen/engine_s": seconds}
 
 
+def weight_load_seconds(generator: Any) -> dict[str, float]:
+    """The generator's own timing of its last weight load (`last_update`, vLLM's: the reload alone, without waking
+    the weights), so `time/weight_sync` splits into the load and the rest (wake-up, the trainer's gather and cast)."""
+    seconds = (getattr(generator, "last_update", None) or {}).get("weight_update/seconds")
+    return {"gen/weight_load_s": float(seconds)} if isinstance(seconds, (int, float)) else {}
+
+
 class GcTimer:
     """Python's garbage-collector pauses in this process (`gc.callbacks`): a full collection over the trainer's and an
     in-process engine's objects stops every thread, the engine's step loop too, so it is one suspect when generate
@@ -281,7 +288,7 @@ def build_model(folder: Path, tiny: bool) -> str:
 
 
 PHASES = ["time/generate", "gen/engine_s", "host/gc_s", "time/score", "time/logprobs", "time/train", "time/weight_sync",
-          "time/sleep", "time/wake_up", "time/wait_rollouts"]
+          "gen/weight_load_s", "time/sleep", "time/wake_up", "time/wait_rollouts"]
 
 
 def staleness_values(text: str) -> list[int]:
@@ -341,7 +348,8 @@ def run_steps(args: argparse.Namespace, model_path: str, max_staleness: int, con
             m = dict(result.metrics)
             m.update({"wall/step": wall, "completion_tokens": float(sum(lengths)),
                       "completion_tokens_per_s": sum(lengths) / wall, "length/max": float(max(lengths)),
-                      "length/median": float(statistics.median(lengths)), **engine_timer.take(), **gc_timer.take()})
+                      "length/median": float(statistics.median(lengths)), **engine_timer.take(), **gc_timer.take(),
+                      **weight_load_seconds(components.generator)})
             rows.append(m)
             console.print(f"max_staleness {max_staleness}, step {result.step}: {wall:.2f}s, {sum(lengths)} tokens")
     finally:

@@ -163,3 +163,11 @@ def test_gc_timer_counts_the_collections_of_each_step(bench):
     finally:
         timer.close()
     assert timer._callback not in gc.callbacks
+
+
+def test_weight_load_seconds_reads_the_generators_own_timing(bench):
+    class Timed:
+        last_update = {"weight_update/seconds": 0.25, "weight_update/transport": "direct"}
+
+    assert bench.weight_load_seconds(Timed()) == {"gen/weight_load_s": 0.25}
+    assert bench.weight_load_seconds(FakeGenerator()) == {}  # no timing of its own: nothing
