@@ -52,7 +52,7 @@ from rich.table import Table
 
 from rlx import hookimpl
 from rlx.config import build_config
-from rlx.generation import as_streaming, can_drop_weights_on_sleep, push_weights, sleep_before_weight_push
+from rlx.generation import as_streaming, can_drop_weights_on_sleep, push_weights, sleep_as_asked
 from rlx.interfaces import (
     Completion,
     GenerationRequest,
@@ -219,10 +219,7 @@ class LongTailGenerator:
         return can_drop_weights_on_sleep(self.streaming)
 
     def sleep(self, drop_weights: bool = False) -> None:
-        if drop_weights:
-            sleep_before_weight_push(self.streaming)
-        else:
-            self.streaming.sleep()
+        sleep_as_asked(self.streaming, drop_weights)
 
     def wake_up(self) -> None:
         self.streaming.wake_up()

@@ -379,11 +379,13 @@ def profile_calls(ctx: Context, trainer: FSDPTrainer, workload: Workload) -> dic
             wall_s, _ = timed(call, ctx.device)
         events = prof.key_averages()
         # the device's own events (kernels, copies): host ops carry their kernels' time too, counted once here
-        kernels = {e.key: e.self_device_time_total for e in events
-                   if e.device_type != DeviceType.CPU and e.self_device_time_total > 0}  # fmt: skip
+        device_events = [e for e in events if e.device_type != DeviceType.CPU and e.self_device_time_total > 0]
+        kernels = {e.key: e.self_device_time_total for e in device_events}
+        calls_of = {e.key: e.count for e in device_events}
         by_category: dict[str, float] = {}
         for key, us in kernels.items():
-            by_category[kernel_category(key)] = by_category.get(kernel_category(key), 0.0) + us / 1e6
+            category = kernel_category(key)
+            by_category[category] = by_category.get(category, 0.0) + us / 1e6
         busy_s = sum(kernels.values()) / 1e6
         top = sorted(kernels.items(), key=lambda item: -item[1])[:15]
         report[name] = {
@@ -391,7 +393,7 @@ def profile_calls(ctx: Context, trainer: FSDPTrainer, workload: Workload) -> dic
             "device_busy_s": busy_s,
             "by_category_s": dict(sorted(by_category.items(), key=lambda item: -item[1])),
             "top_kernels": [
-                {"name": k[:160], "s": us / 1e6, "calls": next(e.count for e in events if e.key == k)} for k, us in top
+                {"name": k[:160], "s": us / 1e6, "calls": calls_of[k]} for k, us in top
             ],
             "cpu_ops": len(events),
         }

@@ -122,14 +122,19 @@ def can_drop_weights_on_sleep(generator: Generator) -> bool:
     return getattr(generator, "can_drop_weights_on_sleep", False) is True  # a mock's made-up attribute is not True
 
 
-def sleep_before_weight_push(generator: Generator) -> None:
-    """Sleep when a complete weight push follows before the next generation: `generator.sleep(drop_weights=True)`
-    where the generator can discard its weights instead of keeping them (they are overwritten anyway), else a plain
-    `generator.sleep()`, so plugins without the capability work unchanged."""
-    if can_drop_weights_on_sleep(generator):
+def sleep_as_asked(generator: Generator, drop_weights: bool) -> None:
+    """`generator.sleep(drop_weights=True)` where that is asked for and the generator can, else a plain
+    `generator.sleep()`, so plugins without the capability work unchanged (what a wrapper's `sleep` forwards)."""
+    if drop_weights and can_drop_weights_on_sleep(generator):
         generator.sleep(drop_weights=True)  # type: ignore[call-arg]  # the optional capability, not in the Protocol
     else:
         generator.sleep()
+
+
+def sleep_before_weight_push(generator: Generator) -> None:
+    """Sleep when a complete weight push follows before the next generation: the generator may discard its weights
+    instead of keeping them (they are overwritten anyway)."""
+    sleep_as_asked(generator, drop_weights=True)
 
 
 def push_weights(generator: Generator, weights: NamedTensors, version: int | None) -> None:

@@ -13,7 +13,7 @@ from rlx.generation.state import (
     WeightPushGuard,
     can_drop_weights_on_sleep,
     push_weights,
-    sleep_before_weight_push,
+    sleep_as_asked,
     stamp_version,
 )
 from rlx.interfaces import (
@@ -137,10 +137,7 @@ class BatchStreamingAdapter:
 
     def sleep(self, drop_weights: bool = False) -> None:
         with self._engine:
-            if drop_weights:
-                sleep_before_weight_push(self.generator)
-            else:
-                self.generator.sleep()
+            sleep_as_asked(self.generator, drop_weights)
 
     def wake_up(self) -> None:
         with self._engine:

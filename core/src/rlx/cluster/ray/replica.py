@@ -16,7 +16,7 @@ import torch
 
 from rlx.cluster.broadcast import BroadcastSpec, BucketLayout, WeightBroadcast
 from rlx.cluster.ray.pool import node_info
-from rlx.generation import WeightPushGuard, can_drop_weights_on_sleep, sleep_before_weight_push, takes_version
+from rlx.generation import WeightPushGuard, can_drop_weights_on_sleep, sleep_as_asked, takes_version
 from rlx.interfaces import Completion, Generator, NamedTensors, SamplingParams
 from rlx.plan import Choice
 from rlx.registry import BuildContext
@@ -179,10 +179,7 @@ class GeneratorActor:
         return can_drop_weights_on_sleep(self.generator)
 
     def sleep(self, drop_weights: bool = False) -> None:
-        if drop_weights:
-            sleep_before_weight_push(self.generator)  # a plain sleep where the plugin cannot drop its weights
-        else:
-            self.generator.sleep()
+        sleep_as_asked(self.generator, drop_weights)  # a plain sleep where the plugin cannot drop its weights
 
     def wake_up(self) -> None:
         self.generator.wake_up()
